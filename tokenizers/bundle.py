@@ -1,0 +1,128 @@
+"""Tokenizer bundle: the codec, the semantic tokenizer and MuLan, saved together with a fingerprint.
+
+Layout of a bundle directory::
+
+    BUNDLE/
+      bundle.json     {"fingerprint": ..., "spec": TokenSpec fields, "components": {...}}
+      codec/          the acoustic codec's own ``save()`` output (config.json + weights)
+      semantic/       the semantic feature model + k-means centroids
+      mulan/          the MuLan towers + RVQ codebooks
+
+Each component directory holds a ``config.json`` whose ``"kind"`` names the class that
+loads it (see :data:`COMPONENT_KINDS`). The fingerprint is a content hash of every file
+and of the spec (:func:`musiclm.tokenizers.contract.fingerprint_files`): shards and stage
+checkpoints record it, and trainers and the sampler refuse a mismatch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from musiclm.tokenizers.contract import BUNDLE_FILE, TokenSpec, fingerprint_files
+
+COMPONENTS = ("codec", "semantic", "mulan")
+
+# kind (config.json "kind") -> "module:Class" with a ``load(directory, device)`` classmethod.
+COMPONENT_KINDS = {
+    "soundstream": "musiclm.tokenizers.soundstream:SoundStream",
+    "encodec": "musiclm.tokenizers.encodec_backend:EncodecCodec",
+    "semantic": "musiclm.tokenizers.semantic:SemanticTokenizer",
+    "mulan": "musiclm.tokenizers.mulan:MuLanTokenizer",
+}
+
+
+class BundleError(ValueError):
+    """A bundle directory that is missing, incomplete or of another fingerprint."""
+
+
+@dataclass
+class TokenizerBundle:
+    """The three loaded tokenizers, in eval mode, with the spec and fingerprint they share."""
+
+    root: Path
+    spec: TokenSpec
+    fingerprint: str
+    codec: Any
+    semantic: Any
+    mulan: Any
+
+    def check_fingerprint(self, other: str, what: str) -> None:
+        """Raise :class:`BundleError` if ``other`` (the fingerprint of ``what``) differs."""
+        if other != self.fingerprint:
+            raise BundleError(
+                f"{what} was made with tokenizer bundle {other}, but {self.root} is bundle "
+                f"{self.fingerprint}. Use the bundle it was made with, or re-make it with this one."
+            )
+
+
+def component_class(kind: str) -> type:
+    """The class registered for ``kind`` in :data:`COMPONENT_KINDS`."""
+    if kind not in COMPONENT_KINDS:
+        raise BundleError(f"unknown tokenizer kind {kind!r}; known: {sorted(COMPONENT_KINDS)}")
+    module, name = COMPONENT_KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_component(directory: str | Path, device: str = "cpu") -> Any:
+    """Load one saved tokenizer component (its ``config.json`` names its kind)."""
+    directory = Path(directory)
+    config = directory / "config.json"
+    if not config.is_file():
+        raise BundleError(f"{directory} has no config.json: it is not a saved tokenizer")
+    kind = json.loads(config.read_text()).get("kind", "")
+    model = component_class(kind).load(directory, device=device)
+    return model.eval() if hasattr(model, "eval") else model
+
+
+def write_bundle_manifest(root: str | Path, spec: TokenSpec, configs: dict[str, Any]) -> str:
+    """Write ``bundle.json`` for the components already saved under ``root``; return the fingerprint.
+
+    ``configs`` (the configs the components were trained and fitted with) are stored and
+    hashed into the fingerprint with the files.
+    """
+    root = Path(root)
+    missing = [c for c in COMPONENTS if not (root / c / "config.json").is_file()]
+    if missing:
+        raise BundleError(f"{root} lacks the saved components {missing}")
+    extra = {"spec": spec.to_dict(), "configs": configs}
+    fingerprint = fingerprint_files(root, extra=extra)
+    kinds = {c: json.loads((root / c / "config.json").read_text())["kind"] for c in COMPONENTS}
+    manifest = {"fingerprint": fingerprint, "components": kinds, **extra}
+    (root / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return fingerprint
+
+
+def read_bundle_manifest(root: str | Path) -> dict[str, Any]:
+    """The parsed ``bundle.json`` of ``root``, with a plain error when there is none."""
+    path = Path(root) / BUNDLE_FILE
+    if not path.is_file():
+        raise BundleError(
+            f"{root} is not a tokenizer bundle (no {BUNDLE_FILE}); build one with `make tokenizers`"
+        )
+    return json.loads(path.read_text())
+
+
+def load_bundle(root: str | Path, device: str = "cpu", verify: bool = True) -> TokenizerBundle:
+    """Load the bundle at ``root``. With ``verify`` the files are re-hashed against bundle.json."""
+    root = Path(root)
+    manifest = read_bundle_manifest(root)
+    if verify:
+        actual = fingerprint_files(
+            root, extra={"spec": manifest["spec"], "configs": manifest["configs"]}
+        )
+        if actual != manifest["fingerprint"]:
+            raise BundleError(
+                f"the files of bundle {root} changed since it was written (fingerprint "
+                f"{actual}, bundle.json says {manifest['fingerprint']}); rebuild it"
+            )
+    parts = {c: load_component(root / c, device=device) for c in COMPONENTS}
+    return TokenizerBundle(
+        root=root,
+        spec=TokenSpec.from_dict(manifest["spec"]),
+        fingerprint=manifest["fingerprint"],
+        **parts,
+    )

@@ -48,7 +48,7 @@ demo-data: install system-deps  ## build the bundled demo music (rendered MIDI +
 	$(PY) -m musiclm.pipelines.demo_data --out $(DEMO) $(ARGS)
 
 train-tokenizer: install  ## train one tokenizer model: TOKENIZER=soundstream|semantic|mulan SIZE=tiny|small|paper
-	$(PY) -m musiclm.training.cli tokenizer-$(TOKENIZER) --config configs/$(TOKENIZER)/$(SIZE).yaml \
+	$(PY) -m musiclm.training.cli tokenizer-$(TOKENIZER) --config configs/tokenizers/$(TOKENIZER)/$(SIZE).yaml \
 	  --data.root $(DATASET) --trainer.default_root_dir $(RUNS)/$(TOKENIZER) $(ARGS)
 
 tokenizers: install  ## train the three tokenizers, fit k-means/RVQ codebooks, write the bundle to $(BUNDLE)
@@ -61,7 +61,7 @@ tokenize: install  ## tokenize DATASET into webdataset shards at OUT with the bu
 	$(PY) -m musiclm.pipelines.tokenize_cli --dataset $(DATASET) --bundle $(BUNDLE) --out $(OUT) $(ARGS)
 
 train-stage: install  ## train one stage on shards: STAGE=semantic|coarse|fine DATA=... SIZE=...
-	$(PY) -m musiclm.training.cli stage-$(STAGE) --config configs/$(STAGE)/$(SIZE).yaml \
+	$(PY) -m musiclm.training.cli stage-$(STAGE) --config configs/stages/$(STAGE)/$(SIZE).yaml \
 	  --data.root $(DATA) --trainer.default_root_dir $(RUNS)/$(STAGE) $(ARGS)
 
 sample: install  ## text -> music: PROMPT="..." SECONDS=10

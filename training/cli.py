@@ -1,0 +1,76 @@
+"""One training entry point for every model: ``python -m musiclm.training.cli <entry> --config ...``.
+
+Entries are the three tokenizer trainers and the three stage trainers. Each is a
+LightningCLI over a (LightningModule, LightningDataModule) pair, so every option of the
+module, the data module and the ``Trainer`` can be set in YAML or on the command line::
+
+    python -m musiclm.training.cli stage-coarse --config configs/stages/coarse/small.yaml \\
+        --data.root runs/tokens --trainer.max_steps 2000 --ckpt_path last
+
+``--ckpt_path`` resumes a run (``last`` picks the newest ``last.ckpt`` under the run's
+directory). A module that has an ``export_component(directory)`` method (the tokenizer
+trainers) writes its inference model to ``<trainer.default_root_dir>/model`` after fitting,
+which is what ``make tokenizers`` packs into the bundle.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+# entry -> ("module:LightningModule", "module:LightningDataModule")
+ENTRIES: dict[str, tuple[str, str]] = {}
+
+
+class TrainCLI(LightningCLI):
+    """LightningCLI with a ``--ckpt_path`` option for resuming."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="checkpoint to resume from; 'last' = newest last.ckpt of this run",
+        )
+
+
+def _resolve(target: str) -> type:
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _last_checkpoint(root: Path) -> str | None:
+    found = sorted(root.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return str(found[-1]) if found else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ENTRIES:
+        names = ", ".join(sorted(ENTRIES))
+        sys.exit(
+            f"usage: python -m musiclm.training.cli <entry> [LightningCLI options]; entries: {names}"
+        )
+    model_class, data_class = (_resolve(t) for t in ENTRIES[argv[0]])
+    cli = TrainCLI(
+        model_class,
+        data_class,
+        args=argv[1:],
+        run=False,
+        save_config_kwargs={"overwrite": True},
+    )
+    root = Path(cli.trainer.default_root_dir)
+    ckpt_path = cli.config.get("ckpt_path")
+    if ckpt_path == "last":
+        ckpt_path = _last_checkpoint(root)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    if hasattr(cli.model, "export_component") and cli.trainer.is_global_zero:
+        cli.model.export_component(root / "model")
+        print(f"exported the trained model to {root / 'model'}")
+
+
+if __name__ == "__main__":
+    main()

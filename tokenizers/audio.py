@@ -53,6 +53,9 @@ def audio_info(path: str | Path) -> AudioInfo:
         info = sf.info(str(path))
     except Exception as err:  # libsndfile raises several types for bad bytes
         raise AudioError(path, f"cannot decode audio ({_plain(err)})") from err
+    missing = _truncation(Path(path), info.format)
+    if missing:
+        raise AudioError(path, f"file is truncated ({missing})")
     if info.frames <= 0 or info.channels <= 0:
         raise AudioError(path, "file has no audio frames")
     return AudioInfo(info.samplerate, info.channels, info.frames, info.format)
@@ -73,12 +76,7 @@ def iter_blocks(
     """
     info = audio_info(path)
     native = info.sample_rate
-    first = max(0, round(start * native))
-    last = info.frames if end is None else min(info.frames, round(end * native))
-    if last <= first:
-        raise AudioError(
-            path, f"segment {start:.2f}-{end} s is empty (file is {info.seconds:.2f} s)"
-        )
+    first, last = _segment(path, info, start, end)
 
     # Input blocks and context are whole multiples of `step`, so each maps to a whole
     # number of output samples and the resampled blocks line up exactly.
@@ -125,16 +123,50 @@ def load_audio(
     The output is allocated once and filled block by block.
     """
     info = audio_info(path)
-    seg_end = info.seconds if end is None else min(end, info.seconds)
-    expected = math.ceil(max(0.0, seg_end - start) * sample_rate) + 1
-    out = torch.empty(expected, dtype=torch.float32)
+    first, last = _segment(path, info, start, end)
+    out = torch.empty(math.ceil((last - first) * sample_rate / info.sample_rate))
     filled = 0
     for chunk in iter_blocks(path, sample_rate, start, end, block_seconds):
-        if filled + chunk.numel() > out.numel():
-            out = torch.cat([out[:filled], torch.empty(chunk.numel(), dtype=torch.float32)])
         out[filled : filled + chunk.numel()] = chunk
         filled += chunk.numel()
-    return out[:filled].clone() if filled < out.numel() else out
+    return out
+
+
+def _segment(path: str | Path, info: AudioInfo, start: float, end: float | None) -> tuple[int, int]:
+    """First and last (exclusive) native frames of ``start``..``end`` seconds."""
+    first = max(0, round(start * info.sample_rate))
+    last = info.frames if end is None else min(info.frames, round(end * info.sample_rate))
+    if last <= first:
+        raise AudioError(
+            path, f"segment {start:.2f}-{end} s is empty (file is {info.seconds:.2f} s)"
+        )
+    return first, last
+
+
+def _truncation(path: Path, container: str) -> str:
+    """Why a WAV or Ogg file is cut short, or ``""``.
+
+    libsndfile quietly decodes the part of a truncated WAV or Ogg file that is there, so
+    the container is checked: a WAV ``data`` chunk longer than the bytes that follow it,
+    or an Ogg stream whose last page lacks the end-of-stream flag.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        if container in ("WAV", "WAVEX"):
+            handle.seek(12)
+            while (header := handle.read(8)) and len(header) == 8:
+                chunk, length = header[:4], int.from_bytes(header[4:], "little")
+                if chunk == b"data":
+                    have = size - handle.tell()
+                    return f"data chunk of {length} bytes, {have} present" if length > have else ""
+                handle.seek(length + (length & 1), 1)
+        elif container == "OGG":
+            handle.seek(max(0, size - 65_536))
+            tail = handle.read()
+            last_page = tail.rfind(b"OggS")
+            if last_page >= 0 and last_page + 5 < len(tail) and not tail[last_page + 5] & 0x04:
+                return "the Ogg stream has no end-of-stream page"
+    return ""
 
 
 def _downmix(data: np.ndarray) -> np.ndarray:

@@ -1,0 +1,132 @@
+"""The evaluation report: Markdown with every figure, a PNG plot, and the raw numbers as JSON.
+
+Input is the dictionary :mod:`musiclm.sampling.eval_cli` builds::
+
+    {"fad": {"generated": float, "noise": float, ...},     # set name -> FAD vs the reference
+     "kld": float | None,                                   # KL(reference tags || generated tags)
+     "mcc": {"own": float, "others": float, "prompts": [...], "matrix": [[...]]} | None,
+     "codec": {"levels": [1, 4, 12], "mel_distance": [...], "si_snr": [...]} | None,
+     "setup": {...}}                                        # what was compared, with what
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def markdown(results: dict[str, Any], plot_name: str) -> str:
+    """The report text for ``results`` (see the module docstring), linking ``plot_name``."""
+    lines = ["# MusicLM evaluation", ""]
+    setup = results.get("setup", {})
+    if setup:
+        lines += ["| setting | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v} |" for k, v in setup.items()]
+        lines.append("")
+    fad = results.get("fad") or {}
+    if fad:
+        lines += [
+            f"## Frechet Audio Distance (embedder: {setup.get('embedder', '?')}; lower is closer)",
+            "",
+            "| set vs reference | FAD |",
+            "| --- | --- |",
+        ]
+        lines += [f"| {name} | {_fmt(v)} |" for name, v in fad.items()]
+        lines.append("")
+    if results.get("kld") is not None:
+        lines += [
+            "## Tag KL divergence (MuLan zero-shot tagging)",
+            "",
+            f"KL(reference || generated) = {_fmt(results['kld'])} nats",
+            "",
+        ]
+    mcc = results.get("mcc")
+    if mcc:
+        lines += [
+            "## MuLan cycle consistency",
+            "",
+            f"- MCC, each prompt with its own audio: **{_fmt(mcc['own'])}**",
+            f"- each prompt with the other prompts' audio: {_fmt(mcc['others'])}",
+            "",
+            "| prompt | own | mean of others |",
+            "| --- | --- | --- |",
+        ]
+        matrix = mcc["matrix"]
+        for i, prompt in enumerate(mcc["prompts"]):
+            row = matrix[i]
+            rest = [row[j] for j in range(len(row)) if j != i]
+            others = sum(rest) / len(rest) if rest else None
+            lines.append(f"| {prompt} | {_fmt(row[i])} | {_fmt(others)} |")
+        lines.append("")
+    codec = results.get("codec")
+    if codec:
+        lines += [
+            "## Codec round trip on the reference audio",
+            "",
+            "| RVQ levels | mel distance | SI-SNR (dB) |",
+            "| --- | --- | --- |",
+        ]
+        for q, mel, snr in zip(
+            codec["levels"], codec["mel_distance"], codec["si_snr"], strict=True
+        ):
+            lines.append(f"| {q} | {_fmt(mel)} | {_fmt(snr)} |")
+        lines.append("")
+    lines += [f"![figures]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: str | Path) -> None:
+    """A PNG with one panel per figure group: FAD bars, MCC matrix, codec quality per level."""
+    panels = [k for k in ("fad", "mcc", "codec") if results.get(k)]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 4))
+    axes = [axes] if not hasattr(axes, "__len__") else list(axes)
+    for ax, key in zip(axes, panels, strict=False):
+        if key == "fad":
+            names = list(results["fad"])
+            ax.bar(names, [results["fad"][n] for n in names], color="tab:blue")
+            ax.set_title("FAD vs reference (lower is closer)")
+        elif key == "mcc":
+            image = ax.imshow(results["mcc"]["matrix"], cmap="viridis")
+            ax.set_title("MuLan cosine: prompt (row) x audio (col)")
+            ax.set_xlabel("generated audio")
+            ax.set_ylabel("prompt")
+            fig.colorbar(image, ax=ax)
+        else:
+            codec = results["codec"]
+            ax.plot(codec["levels"], codec["mel_distance"], "o-", label="mel distance")
+            ax.set_xlabel("RVQ levels")
+            ax.set_title("codec round trip")
+            twin = ax.twinx()
+            twin.plot(codec["levels"], codec["si_snr"], "s--", color="tab:red", label="SI-SNR")
+            twin.set_ylabel("SI-SNR (dB)")
+            ax.legend(loc="upper center")
+    if not panels:
+        axes[0].text(0.5, 0.5, "no figures", ha="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write ``report.md``, ``report.png`` and ``metrics.json`` into ``out_dir``; return paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "markdown": out_dir / "report.md",
+        "plot": out_dir / "report.png",
+        "json": out_dir / "metrics.json",
+    }
+    plot(results, paths["plot"])
+    paths["markdown"].write_text(markdown(results, paths["plot"].name))
+    paths["json"].write_text(json.dumps(results, indent=2, default=float))
+    return paths

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
             mulan, sample_rate = bundle.mulan, bundle.spec.sample_rate
         else:
             mulan = load_component(args.mulan, device=args.device)
-            sample_rate = int(mulan.sample_rate)
+            sample_rate = mulan.spec.sample_rate
         embedder: metrics.AudioEmbedder = (
             metrics.TransformersEmbedder(args.embedder, sample_rate, device=args.device)
             if args.embedder

@@ -89,7 +89,6 @@ def _tones(freqs, seconds=1.0, sr=24_000):
     return [0.5 * torch.sin(2 * torch.pi * f * t) for f in freqs]
 
 
-@pytest.mark.slow
 def test_transformers_embedder_fad(tiny_wav2vec):
     embedder = metrics.TransformersEmbedder(tiny_wav2vec, input_rate=24_000)
     tones = _tones([220, 330, 440, 550])
@@ -106,3 +105,87 @@ def test_transformers_embedder_fad(tiny_wav2vec):
 def test_transformers_embedder_refuses_a_folder_without_a_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="save_pretrained"):
         metrics.TransformersEmbedder(tmp_path, input_rate=24_000)
+
+
+@pytest.fixture(scope="module")
+def tiny_mulan_dir(tmp_path_factory):
+    from musiclm.tokenizers.mulan import MuLanTokenizer
+
+    torch.manual_seed(0)
+    captions = ["a slow organ chorale", "fast piano jazz", "rock guitar with drums"]
+    directory = tmp_path_factory.mktemp("mulan")
+    MuLanTokenizer.tiny(captions).save(directory)
+    return directory
+
+
+def _write_set(folder, clips, texts, key):
+    import json
+
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (clip, text) in enumerate(zip(clips, texts, strict=True)):
+        sf.write(folder / f"{i}.wav", clip.numpy(), 24_000)
+        (folder / f"{i}.json").write_text(json.dumps({key: text}))
+
+
+def test_cycle_consistency_and_tagging_with_tiny_mulan(tiny_mulan_dir):
+    from musiclm.tokenizers.bundle import load_component
+
+    mulan = load_component(tiny_mulan_dir)
+    clips = _tones([220, 440, 880], seconds=1.0)
+    prompts = ["a slow organ chorale", "fast piano jazz", "rock guitar with drums"]
+    cycle = metrics.cycle_consistency(mulan, prompts, clips)
+    assert cycle.matrix.shape == (3, 3)
+    assert np.all(np.abs(cycle.matrix) <= 1 + 1e-6)
+    assert cycle.own == pytest.approx(np.diag(cycle.matrix).mean())
+    off = cycle.matrix[~np.eye(3, dtype=bool)]
+    assert cycle.others == pytest.approx(off.mean())
+    dist = metrics.tag_distributions(mulan, clips, ["organ", "piano", "guitar"])
+    assert dist.shape == (3, 3)
+    np.testing.assert_allclose(dist.sum(1), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="pair them"):
+        metrics.cycle_consistency(mulan, prompts[:2], clips)
+
+
+def test_eval_cli_writes_report(tiny_mulan_dir, tmp_path, capsys):
+    import json
+
+    from musiclm.sampling import eval_cli
+
+    prompts = ["a slow organ chorale", "fast piano jazz", "rock guitar with drums"]
+    _write_set(tmp_path / "gen", _tones([220, 440, 880], seconds=1.5), prompts, "text")
+    ref_tags = [["organ", "slow"], ["piano"], ["guitar", "rock"]]
+    _write_set(tmp_path / "ref", _tones([262, 523, 659], seconds=1.5), ref_tags, "tags")
+    out = tmp_path / "eval"
+    eval_cli.main(
+        [
+            "--generated", str(tmp_path / "gen"),
+            "--reference", str(tmp_path / "ref"),
+            "--mulan", str(tiny_mulan_dir),
+            "--noise-baseline",
+            "--window-seconds", "1.0",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    results = json.loads((out / "metrics.json").read_text())
+    assert set(results["fad"]) == {"generated", "noise"}
+    assert all(np.isfinite(v) and v >= 0 for v in results["fad"].values())
+    assert results["kld"] is not None and results["kld"] >= 0
+    assert results["mcc"]["prompts"] == prompts
+    assert len(results["mcc"]["matrix"]) == 3
+    report = (out / "report.md").read_text()
+    assert "Frechet Audio Distance" in report and "MCC" in report
+    assert (out / "report.png").stat().st_size > 1000
+    assert "report.md" in capsys.readouterr().out
+
+
+def test_eval_cli_names_a_missing_folder(tiny_mulan_dir, tmp_path):
+    from musiclm.sampling import eval_cli
+
+    missing = tmp_path / "nothing"
+    with pytest.raises(SystemExit, match="does not exist"):
+        eval_cli.main(
+            ["--generated", str(missing), "--reference", str(missing),
+             "--mulan", str(tiny_mulan_dir), "--out", str(tmp_path / "o")]
+        )  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -38,7 +40,7 @@ def test_fixed_codebooks_shapes_numpy_and_levels():
     assert torch.equal(rvq_encode(x, books, levels=3), codes[..., :3])
     # each extra level shrinks the reconstruction error
     errors = [float((x - rvq_decode(codes[..., :q], books)).pow(2).mean()) for q in range(1, 7)]
-    assert all(b <= a for a, b in zip(errors, errors[1:], strict=False))
+    assert all(b <= a for a, b in itertools.pairwise(errors))
     assert errors[-1] < errors[0]
 
 
@@ -46,7 +48,7 @@ def test_fixed_codebooks_reject_bad_input():
     books = torch.randn(2, 8, 4)
     with pytest.raises(ValueError, match="dimension 5"):
         rvq_encode(torch.randn(3, 5), books)
-    with pytest.raises(ValueError, match="levels must be in 1..2"):
+    with pytest.raises(ValueError, match=r"levels must be in 1\.\.2"):
         rvq_encode(torch.randn(3, 4), books, levels=3)
     with pytest.raises(ValueError, match=r"codes must be in \[0, 8\)"):
         rvq_decode(torch.tensor([[9, 0]]), books)
@@ -124,7 +126,7 @@ def _usage_after_shift(threshold: float) -> float:
     _train(rvq, shifted, steps=60)
     rvq.eval()
     frames = shifted[:2048].t()[None]  # [1, D, N]
-    usage, perplexity = code_statistics(rvq.encode(frames), rvq.codebook_size)
+    usage, _perplexity = code_statistics(rvq.encode(frames), rvq.codebook_size)
     return float(usage[0])
 
 

@@ -182,16 +182,19 @@ class TextTower(nn.Module):
         mask = torch.tensor([e.attention_mask for e in encoded], dtype=torch.long, device=device)
         return ids, mask
 
-    def forward(self, prompts: list[str]) -> torch.Tensor:
-        """Prompts ``list[str]`` (length B) -> L2-normalized embeddings ``[B, dim]``."""
+    def encoder_pooled(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> the encoder's hidden states mean-pooled over tokens ``[B, width]``."""
         ids, mask = self.tokenize(prompts)
         if self.config.kind == "pretrained":
             hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         else:
             hidden = self.encoder(ids, mask)
         weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        return F.normalize(self.proj(pooled), dim=-1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+    def forward(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts ``list[str]`` (length B) -> L2-normalized embeddings ``[B, dim]``."""
+        return F.normalize(self.proj(self.encoder_pooled(prompts)), dim=-1)
 
     # ----- persistence -------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:

@@ -1,0 +1,336 @@
+"""The tokenize pipeline: a dataset -> webdataset shards of semantic, acoustic and MuLan tokens.
+
+Steps (Beam)::
+
+    pending sources (JSONL under OUT/parts) -> Reshuffle
+      -> Decode: decode + resample in blocks, cut clips       (dead letter: step "decode")
+      -> RunInference(SemanticHandler)                       (dead letter: step "semantic")
+      -> RunInference(AcousticHandler)                       (dead letter: step "acoustic")
+      -> RunInference(MulanHandler)                          (dead letter: step "mulan")
+      -> drop audio -> key by shard_index(source)
+    CoGroupByKey(shard: sources, clips, failures) -> write_shard
+
+then, on the launcher, the per-shard parts are merged into ``manifest.parquet`` and
+``failures.parquet`` and ``dataset.json`` is written. A source is either complete in its
+shard or one row in the failures (a failure in any step drops its other clips).
+
+Resume: shards already complete (see :mod:`musiclm.pipelines.shards`) are skipped with
+all their sources; ``overwrite`` deletes the previous outputs first. A resume must use
+the same bundle, clip settings and shard count as the run it continues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import RunInference
+from musiclm.pipelines.clips import Clip, ClipConfig, iter_clips
+from musiclm.pipelines.model_handlers import (
+    METRICS_NAMESPACE,
+    AcousticHandler,
+    MulanHandler,
+    SemanticHandler,
+)
+from musiclm.pipelines.progress import ProgressPrinter, ReportProgress
+from musiclm.pipelines.runner import error_text, inference_failures, is_local, pipeline_options
+from musiclm.pipelines.shards import (
+    PARTS_DIR,
+    RUN_FILE,
+    complete_shards,
+    join,
+    merge_parts,
+    read_json,
+    remove_outputs,
+    remove_stale,
+    write_bytes,
+    write_json,
+    write_shard,
+)
+from musiclm.pipelines.sources import SourceRecord, read_sources
+from musiclm.tokenizers.bundle import read_bundle_manifest
+from musiclm.tokenizers.contract import DATASET_FILE, TokenSpec, fingerprint_files, shard_index
+
+log = logging.getLogger(__name__)
+
+PENDING_FILE = "pending-sources.jsonl"
+
+
+@dataclasses.dataclass
+class TokenizeConfig:
+    """Options of the tokenize pipeline (CLI flags of the same names)."""
+
+    clip_seconds: float = 30.0
+    hop_seconds: float | None = None
+    min_seconds: float = 3.0
+    block_seconds: float = 60.0
+    num_shards: int | None = None  # None: from the dataset size (sources_per_shard)
+    sources_per_shard: int = 256
+    min_shards: int = 8
+    expected_workers: int = 8  # total DDP data workers that will read the shards
+    semantic_batch_size: int = 8
+    acoustic_batch_size: int = 8
+    mulan_batch_size: int = 8
+    threads: int | None = None  # torch threads per worker process
+    workers: int | None = None  # DirectRunner worker processes
+    overwrite: bool = False
+    source_kind: str | None = None
+    progress_seconds: float = 10.0
+
+    @property
+    def clips(self) -> ClipConfig:
+        return ClipConfig(self.clip_seconds, self.hop_seconds, self.min_seconds, self.block_seconds)
+
+
+def default_num_shards(num_sources: int, sources_per_shard: int, min_shards: int) -> int:
+    """Enough shards for ``sources_per_shard`` sources each, at least ``min_shards``."""
+    wanted = max(min_shards, math.ceil(num_sources / max(1, sources_per_shard)))
+    return max(1, min(num_sources, wanted))
+
+
+class DecodeClips(beam.DoFn):
+    """SourceRecord -> its clips (decoded, resampled, cut; see :mod:`~musiclm.pipelines.clips`)."""
+
+    def __init__(self, spec: TokenSpec, config: ClipConfig) -> None:
+        self.spec, self.config = spec, config
+
+    def process(self, record: SourceRecord) -> Iterator[Clip]:
+        yield from iter_clips(record, self.spec, self.config)
+        beam.metrics.Metrics.counter(METRICS_NAMESPACE, "decoded_sources").inc()
+
+
+def decode_failure(item: tuple[SourceRecord, tuple[Any, str, list[str]]]) -> dict[str, str]:
+    record, dead = item
+    return {
+        "source": record.key,
+        "path": record.path,
+        "step": "decode",
+        "error": error_text(record.path, dead),
+    }
+
+
+class WriteShard(beam.DoFn):
+    """(shard, {sources, clips, failures}) -> the shard's tar and parts; yields its counts."""
+
+    def __init__(self, out: str, fingerprint: str) -> None:
+        self.out, self.fingerprint = out, fingerprint
+
+    def process(self, item: tuple[int, dict[str, list]]) -> Iterator[dict[str, Any]]:
+        index, groups = item
+        yield write_shard(
+            self.out,
+            index,
+            groups["sources"],
+            groups["clips"],
+            groups["failures"],
+            self.fingerprint,
+        )
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    pending: str,
+    bundle: str,
+    out: str,
+    spec: TokenSpec,
+    fingerprint: str,
+    num_shards: int,
+    config: TokenizeConfig,
+    progress_dir: str | None,
+) -> beam.PCollection:
+    """Add the tokenize steps to ``pipeline``; ``pending`` is a JSONL file of SourceRecords."""
+
+    def by_shard(source: str) -> int:
+        return shard_index(source, num_shards)
+
+    records = (
+        pipeline
+        | "ReadSources" >> beam.io.ReadFromText(pending)
+        | "ParseSources" >> beam.Map(lambda line: SourceRecord.from_dict(json.loads(line)))
+        | "Spread" >> beam.Reshuffle()
+    )
+    clips, bad_decode = records | "Decode" >> beam.ParDo(
+        DecodeClips(spec, config.clips)
+    ).with_exception_handling(partial=True)
+    failures = [bad_decode | "DecodeFailures" >> beam.Map(decode_failure)]
+    handlers = (
+        SemanticHandler(join(bundle, "semantic"), config.semantic_batch_size, config.threads),
+        AcousticHandler(join(bundle, "codec"), config.acoustic_batch_size, config.threads),
+        MulanHandler(join(bundle, "mulan"), config.mulan_batch_size, config.threads),
+    )
+    for handler in handlers:
+        name = handler.step.capitalize()
+        clips, dead = clips | name >> RunInference(handler).with_exception_handling()
+        failures.append(
+            dead.failed_inferences
+            | f"{name}Failures" >> beam.FlatMap(inference_failures, handler.step)
+        )
+    clips = clips | "DropAudio" >> beam.Map(Clip.without_audio)
+    if progress_dir:
+        clips = clips | "Progress" >> beam.ParDo(ReportProgress(progress_dir))
+    grouped = {
+        "sources": records | "KeySources" >> beam.Map(lambda r: (by_shard(r.key), (r.key, r.path))),
+        "clips": clips | "KeyClips" >> beam.Map(lambda c: (by_shard(c.source), c)),
+        "failures": (
+            failures
+            | "AllFailures" >> beam.Flatten()
+            | "KeyFailures" >> beam.Map(lambda f: (by_shard(f["source"]), f))
+        ),
+    } | "GroupByShard" >> beam.CoGroupByKey()
+    return grouped | "WriteShards" >> beam.ParDo(WriteShard(out, fingerprint))
+
+
+def _metric(result: Any, name: str) -> int:
+    counters = result.metrics().query(MetricsFilter().with_name(name))["counters"]
+    return int(sum(c.committed or 0 for c in counters))
+
+
+def _check_resume(out: str, run: dict[str, Any], overwrite: bool) -> None:
+    previous = read_json(join(out, PARTS_DIR, RUN_FILE))
+    if overwrite:
+        remove_outputs(out)
+        return
+    if previous is not None and previous != run:
+        changed = sorted(k for k in run if previous.get(k) != run[k])
+        raise ValueError(
+            f"{out} holds a tokenization with other settings ({', '.join(changed)} differ). "
+            "Rerun with the same settings to resume it, or pass --overwrite to start afresh."
+        )
+    remove_stale(out)
+
+
+def tokenize_dataset(
+    dataset: str,
+    bundle: str,
+    out: str,
+    config: TokenizeConfig | None = None,
+    beam_args: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Tokenize ``dataset`` with the bundle at ``bundle`` into ``out``; return dataset.json's dict.
+
+    ``beam_args`` are Beam pipeline options (runner, workers, cloud settings).
+    """
+    config = config or TokenizeConfig()
+    started = time.monotonic()
+    manifest = read_bundle_manifest(bundle)
+    actual = fingerprint_files(
+        bundle, extra={"spec": manifest["spec"], "configs": manifest["configs"]}
+    )
+    if actual != manifest["fingerprint"]:
+        raise ValueError(
+            f"the files of bundle {bundle} changed since it was written; rebuild it "
+            "with `make tokenizers`"
+        )
+    spec = TokenSpec.from_dict(manifest["spec"])
+    fingerprint = manifest["fingerprint"]
+    config.clips.samples(spec)  # validate clip settings early
+
+    records = list(read_sources(dataset, kind=config.source_kind))
+    if not records:
+        raise ValueError(f"{dataset} holds no audio sources; see musiclm.pipelines.sources")
+    keys = [r.key for r in records]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{dataset} lists some sources twice (duplicate keys)")
+    num_shards = config.num_shards or default_num_shards(
+        len(records), config.sources_per_shard, config.min_shards
+    )
+    if num_shards < config.expected_workers:
+        log.warning(
+            "%d shards for %d expected data workers: webdataset under DDP hangs when a worker "
+            "gets no shard. Pass --num_shards >= the total number of data workers.",
+            num_shards,
+            config.expected_workers,
+        )
+
+    run = {
+        "fingerprint": fingerprint,
+        "num_shards": num_shards,
+        "clips": dataclasses.asdict(config.clips),
+    }
+    _check_resume(out, run, config.overwrite)
+    write_json(join(out, PARTS_DIR, RUN_FILE), run)
+
+    expected: dict[int, set[str]] = defaultdict(set)
+    for record in records:
+        expected[shard_index(record.key, num_shards)].add(record.key)
+    done = complete_shards(out, expected)
+    pending = [r for r in records if shard_index(r.key, num_shards) not in done]
+    log.info(
+        "%d sources in %d shards; %d shards complete, %d sources to tokenize",
+        len(records),
+        len(expected),
+        len(done),
+        len(pending),
+    )
+
+    metrics = {"sources": len(pending), "clips_tokenized": 0, "model_calls": 0}
+    if pending:
+        pending_path = join(out, PARTS_DIR, PENDING_FILE)
+        lines = "".join(json.dumps(r.to_dict()) + "\n" for r in pending)
+        write_bytes(pending_path, lines.encode())
+        options = pipeline_options(beam_args, config.workers)
+        with tempfile.TemporaryDirectory(prefix="musiclm-progress-") as progress_dir:
+            local = is_local(options)
+            pipeline = beam.Pipeline(options=options)
+            build_pipeline(
+                pipeline,
+                pending_path,
+                bundle,
+                out,
+                spec,
+                fingerprint,
+                num_shards,
+                config,
+                progress_dir if local else None,
+            )
+            if local:
+                with ProgressPrinter(progress_dir, config.progress_seconds):
+                    result = pipeline.run()
+                    result.wait_until_finish()
+            else:
+                result = pipeline.run()
+                result.wait_until_finish()
+        for step in ("semantic", "acoustic", "mulan"):
+            metrics[f"{step}_clips"] = _metric(result, f"{step}_clips")
+            metrics["model_calls"] += _metric(result, f"{step}_calls")
+        metrics["clips_tokenized"] = metrics["semantic_clips"]
+        FileSystems.delete([pending_path])
+
+    counts = merge_parts(out, expected)
+    counts["inputs"] = len(records)
+    if counts["ok"] + counts["failed"] != counts["inputs"]:
+        raise RuntimeError(
+            f"bookkeeping error: {counts['inputs']} inputs but {counts['ok']} ok + "
+            f"{counts['failed']} failed"
+        )
+    if counts["shards"] < config.expected_workers:
+        log.warning(
+            "only %d non-empty shards for %d expected data workers (DDP hangs when a worker "
+            "gets no shard); tokenize with more --num_shards or train with fewer workers",
+            counts["shards"],
+            config.expected_workers,
+        )
+    summary = {
+        "fingerprint": fingerprint,
+        "spec": spec.to_dict(),
+        "configs": {
+            "tokenize": dataclasses.asdict(config),
+            "bundle": manifest["configs"],
+            "num_shards": num_shards,
+            "dataset": str(dataset),
+        },
+        "counts": {**counts, "audio_hours": counts["audio_seconds"] / 3600},
+        "last_run": {**metrics, "wall_seconds": round(time.monotonic() - started, 2)},
+    }
+    write_json(join(out, DATASET_FILE), summary)
+    return summary

@@ -22,7 +22,12 @@ from pathlib import Path
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 # entry -> ("module:LightningModule", "module:LightningDataModule")
-ENTRIES: dict[str, tuple[str, str]] = {}
+ENTRIES: dict[str, tuple[str, str]] = {
+    "tokenizer-mulan": (
+        "musiclm.training.mulan_trainer:MuLanModule",
+        "musiclm.training.audio_data:AudioCropDataModule",
+    ),
+}
 
 
 class TrainCLI(LightningCLI):

@@ -1,0 +1,286 @@
+"""The fit pipeline: sample features with Beam, fit k-means and the MuLan RVQ, write a bundle.
+
+Steps (Beam)::
+
+    sources -> Decode (clips as in tokenize)            (dead letter: logged, skipped)
+      -> RunInference(FeaturesHandler)  -> rows [T, F] -> reservoir sample (fixed size)
+      -> RunInference(EmbeddingHandler) -> [D]         -> reservoir sample (fixed size)
+
+The two samples (at most ``semantic_sample_frames`` feature rows and
+``mulan_sample_clips`` embeddings, whatever the dataset's size) are written to a work
+directory; the launcher then fits the semantic centroids
+(:func:`musiclm.tokenizers.kmeans.fit_kmeans`, ``spec.semantic_vocab`` clusters) and the
+MuLan RVQ codebooks (:func:`musiclm.tokenizers.mulan.fit_codebooks`), installs them in
+the components and writes the bundle: ``codec/``, ``semantic/``, ``mulan/`` (each
+component's own ``save``) and ``bundle.json``
+(:func:`musiclm.tokenizers.bundle.write_bundle_manifest`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import RunInference
+from musiclm.pipelines.clips import Clip, ClipConfig
+from musiclm.pipelines.model_handlers import EmbeddingHandler, FeaturesHandler
+from musiclm.pipelines.runner import pipeline_options
+from musiclm.pipelines.shards import join, read_bytes, write_bytes
+from musiclm.pipelines.sources import SourceRecord, read_sources
+from musiclm.pipelines.tokenize import DecodeClips, decode_failure
+from musiclm.tokenizers.bundle import COMPONENTS, load_component, write_bundle_manifest
+from musiclm.tokenizers.contract import TokenSpec
+from musiclm.tokenizers.kmeans import FeatureReservoir, fit_kmeans
+from musiclm.tokenizers.mulan import fit_codebooks
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class FitConfig:
+    """Options of the fit pipeline (YAML: ``configs/pipelines/fit/<size>.yaml``)."""
+
+    clip_seconds: float = 30.0
+    min_seconds: float = 3.0
+    semantic_sample_frames: int = 100_000  # feature rows kept for k-means
+    mulan_sample_clips: int = 100_000  # clip embeddings kept for the RVQ
+    kmeans_niter: int = 10
+    rvq_min_points_per_code: int = 4
+    seed: int = 0
+    features_batch_size: int = 8
+    mulan_batch_size: int = 8
+    threads: int | None = None
+    workers: int | None = None
+    source_kind: str | None = None
+
+
+class ReservoirCombineFn(beam.CombineFn):
+    """Uniform fixed-size sample of the rows of many [n, D] arrays (FeatureReservoir per bundle).
+
+    Memory per accumulator is ``capacity x D`` float32, whatever the input's size.
+    """
+
+    def __init__(self, capacity: int, seed: int) -> None:
+        self.capacity, self.seed = capacity, seed
+
+    def create_accumulator(self) -> FeatureReservoir | None:
+        return None
+
+    def add_input(self, acc: FeatureReservoir | None, rows: np.ndarray) -> FeatureReservoir:
+        rows = np.asarray(rows, np.float32).reshape(-1, np.shape(rows)[-1])
+        if acc is None:
+            acc = FeatureReservoir(self.capacity, rows.shape[1], seed=self.seed)
+        acc.add(rows)
+        return acc
+
+    def merge_accumulators(self, accs: Any) -> FeatureReservoir | None:
+        merged = None
+        for acc in accs:
+            if acc is not None:
+                merged = acc if merged is None else merged.merge(acc)
+        return merged
+
+    def extract_output(self, acc: FeatureReservoir | None) -> np.ndarray:
+        return np.zeros((0, 0), np.float32) if acc is None else acc.sample()
+
+
+def save_array(array: np.ndarray, path: str) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    write_bytes(path, buffer.getvalue())
+
+
+def load_array(path: str) -> np.ndarray:
+    return np.load(io.BytesIO(read_bytes(path)), allow_pickle=False)
+
+
+def sample_pipeline(
+    pipeline: beam.Pipeline,
+    sources: str,
+    semantic_dir: str,
+    mulan_dir: str,
+    spec: TokenSpec,
+    config: FitConfig,
+    work: str,
+) -> None:
+    """Add the sampling steps; writes features.npy, embeddings.npy and failures.jsonl to ``work``."""
+    clip_config = ClipConfig(config.clip_seconds, None, config.min_seconds)
+    records = (
+        pipeline
+        | "ReadSources" >> beam.io.ReadFromText(sources)
+        | "ParseSources" >> beam.Map(lambda line: SourceRecord.from_dict(json.loads(line)))
+        | "Spread" >> beam.Reshuffle()
+    )
+    clips, bad = records | "Decode" >> beam.ParDo(
+        DecodeClips(spec, clip_config)
+    ).with_exception_handling(partial=True)
+    _ = (
+        bad
+        | "DecodeFailures" >> beam.Map(lambda item: json.dumps(decode_failure(item)))
+        | "WriteFailures"
+        >> beam.io.WriteToText(join(work, "failures"), ".jsonl", shard_name_template="")
+    )
+    branches = (
+        (
+            "features",
+            FeaturesHandler(semantic_dir, config.features_batch_size, config.threads),
+            config.semantic_sample_frames,
+            config.seed,
+        ),
+        (
+            "mulan_emb",
+            EmbeddingHandler(mulan_dir, config.mulan_batch_size, config.threads),
+            config.mulan_sample_clips,
+            config.seed + 1,
+        ),
+    )
+    for name, handler, capacity, seed in branches:
+        _ = (
+            clips
+            | f"Run_{name}" >> RunInference(handler)
+            | f"Rows_{name}" >> beam.Map(_rows, name)
+            | f"Sample_{name}" >> beam.CombineGlobally(ReservoirCombineFn(capacity, seed))
+            | f"Save_{name}" >> beam.Map(save_array, join(work, f"{name}.npy"))
+        )
+
+
+def _rows(clip: Clip, name: str) -> np.ndarray:
+    """The sampled rows of a clip: feature frames [T, F] or its embedding as [1, D]."""
+    value = clip.tokens[name]
+    return value.reshape(-1, value.shape[-1])
+
+
+def bundle_spec(codec: Any, semantic: Any, mulan: Any) -> TokenSpec:
+    """The spec the three components share; a plain error naming what disagrees."""
+    spec = mulan.spec
+    problems = []
+    if getattr(semantic, "spec", spec) != spec:
+        problems.append(f"semantic spec {semantic.spec} != MuLan spec {spec}")
+    for attr, want in (
+        ("sample_rate", spec.sample_rate),
+        ("hop", spec.acoustic_hop),
+        ("num_levels", spec.acoustic_levels),
+        ("codebook_size", spec.acoustic_codebook_size),
+    ):
+        if getattr(codec, attr) != want:
+            problems.append(f"codec {attr}={getattr(codec, attr)} but the spec says {want}")
+    if problems:
+        raise ValueError(
+            "the three tokenizers were built for different token specs: "
+            + "; ".join(problems)
+            + ". Train them with configs of one size."
+        )
+    return spec
+
+
+def fit_bundle(
+    dataset: str,
+    components: dict[str, str],
+    out: str,
+    config: FitConfig | None = None,
+    beam_args: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Sample, fit and write the bundle at ``out`` (local directory); return bundle.json's dict.
+
+    ``components`` maps ``codec``/``semantic``/``mulan`` to saved component directories.
+    """
+    config = config or FitConfig()
+    started = time.monotonic()
+    models = {name: load_component(components[name]) for name in COMPONENTS}
+    spec = bundle_spec(models["codec"], models["semantic"], models["mulan"])
+    records = list(read_sources(dataset, kind=config.source_kind))
+    if not records:
+        raise ValueError(f"{dataset} holds no audio sources to fit the tokenizers on")
+
+    work = out.rstrip("/") + ".work"
+    sources = join(work, "sources.jsonl")
+    write_bytes(sources, "".join(json.dumps(r.to_dict()) + "\n" for r in records).encode())
+    pipeline = beam.Pipeline(options=pipeline_options(beam_args, config.workers))
+    sample_pipeline(
+        pipeline, sources, components["semantic"], components["mulan"], spec, config, work
+    )
+    pipeline.run().wait_until_finish()
+
+    failures = _read_failures(join(work, "failures.jsonl"))
+    for row in failures[:20]:
+        log.warning("skipped while fitting: %s", row["error"])
+    features_path, emb_path = join(work, "features.npy"), join(work, "mulan_emb.npy")
+    if not FileSystems.exists(features_path) or not FileSystems.exists(emb_path):
+        raise ValueError(
+            f"no clip of {dataset} could be decoded ({len(failures)} failures), nothing to fit"
+        )
+    features, embeddings = load_array(features_path), load_array(emb_path)
+    log.info(
+        "fitting %d semantic centroids on %d x %d features, MuLan RVQ %d x %d on %d embeddings",
+        spec.semantic_vocab,
+        *features.shape,
+        spec.mulan_levels,
+        spec.mulan_codebook_size,
+        len(embeddings),
+    )
+    centroids = fit_kmeans(
+        features, spec.semantic_vocab, seed=config.seed, niter=config.kmeans_niter
+    )
+    books = fit_codebooks(
+        embeddings,
+        spec.mulan_levels,
+        spec.mulan_codebook_size,
+        min_points_per_code=config.rvq_min_points_per_code,
+        seed=config.seed,
+    )
+    models["semantic"].set_centroids(centroids)
+    models["mulan"].set_codebooks(books)
+
+    root = Path(out)
+    for name in COMPONENTS:
+        if (root / name).exists():
+            shutil.rmtree(root / name)
+        models[name].save(root / name)
+    configs = {"fit": dataclasses.asdict(config)}
+    fingerprint = write_bundle_manifest(root, spec, configs)
+    _remove_work(work)
+    summary = {
+        "fingerprint": fingerprint,
+        "inputs": len(records),
+        "failed": len(failures),
+        "feature_rows": int(features.shape[0]),
+        "embeddings": len(embeddings),
+        "wall_seconds": round(time.monotonic() - started, 2),
+    }
+    log.info("bundle %s written to %s: %s", fingerprint, out, summary)
+    return summary
+
+
+def _remove_work(work: str) -> None:
+    if "://" not in work:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    found = FileSystems.match([work.rstrip("/") + "/**"])[0].metadata_list
+    if found:
+        FileSystems.delete([m.path for m in found])
+
+
+def _read_failures(path: str) -> list[dict[str, str]]:
+    if not FileSystems.exists(path):
+        return []
+    return [json.loads(line) for line in read_bytes(path).decode().splitlines() if line]
+
+
+def iter_component_dirs(
+    runs: str, codec: str | None, semantic: str | None, mulan: str | None
+) -> Iterator[tuple[str, str]]:
+    """``(component, directory)``: explicit dirs, else RUNS/<soundstream|semantic|mulan>/model."""
+    defaults = {"codec": "soundstream", "semantic": "semantic", "mulan": "mulan"}
+    given = {"codec": codec, "semantic": semantic, "mulan": mulan}
+    for name in COMPONENTS:
+        yield name, given[name] or str(Path(runs) / defaults[name] / "model")

@@ -74,7 +74,7 @@ def test_saved_backend_reloads_identically(tmp_path):
 
 
 def test_clear_errors_for_bad_checkpoints(tmp_path):
-    with pytest.raises(FeatureModelError, match="no config.json"):
+    with pytest.raises(FeatureModelError, match=r"no config\.json"):
         load_transformers_features(tmp_path)
     save_checkpoint("hubert", tmp_path)
     with pytest.raises(FeatureModelError, match="layer 7 does not exist"):
@@ -82,7 +82,7 @@ def test_clear_errors_for_bad_checkpoints(tmp_path):
     with pytest.raises(FeatureModelError, match="not a supported SSL backend"):
         load_transformers_features(tmp_path, architecture="whisper")
     (tmp_path / "preprocessor_config.json").unlink()
-    with pytest.raises(FeatureModelError, match="no preprocessor_config.json"):
+    with pytest.raises(FeatureModelError, match=r"no preprocessor_config\.json"):
         load_transformers_features(tmp_path, layer=2)
 
 

@@ -1,0 +1,32 @@
+"""Shared fixtures: ``demo_music``, a small real-music subset of the demo dataset."""
+
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+
+import pytest
+from musiclm.pipelines.demo_data import Settings, build_demo
+
+CACHE = Path(__file__).parent / ".cache"
+# A few pieces of every source, cut to 12 s: about 3.6 minutes of audio.
+DEMO_SUBSET = Settings(
+    minutes=60.0, max_pieces=3, max_piece_seconds=12.0, seed=0, small_scores=True
+)
+
+
+@pytest.fixture(scope="session")
+def demo_music() -> Path:
+    """Path of the demo music subset, with ``train/`` and ``heldout/`` folders.
+
+    Every source of the demo (Bach chorales, folk tunes, string quartets, OpenTTD MIDI,
+    Wesnoth and Singularity recordings) has 3 pieces of 12 s: 2 in train, 1 held out;
+    each audio file has a sidecar ``.json`` with its caption. Built once into
+    ``tests/.cache/demo-subset/`` and reused while the builder settings are unchanged.
+    """
+    CACHE.mkdir(exist_ok=True)
+    out = CACHE / "demo-subset"
+    with (CACHE / "demo-subset.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # test runs in parallel checkouts share the cache
+        build_demo(out, DEMO_SUBSET, overwrite=True)
+    return out

@@ -27,6 +27,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+import torchaudio
 import torchaudio.functional as AF
 
 
@@ -258,6 +259,39 @@ def cycle_consistency(
         raise ValueError(f"{len(prompts)} prompts but {len(clips)} clips; pair them one to one")
     sims = text_embeddings(mulan, prompts) @ audio_embeddings(mulan, clips).T
     return CycleConsistency(sims.double().numpy())
+
+
+def join_discontinuity(
+    audio: torch.Tensor, sample_rate: int, joins: Sequence[float], hop_seconds: float = 0.01
+) -> dict[str, float]:
+    """Spectral change at window joins vs within windows, for one clip ``audio [N]``.
+
+    Spectral flux = mean absolute difference of consecutive log-mel frames (hop
+    ``hop_seconds``). Returns the mean flux at the frames nearest to ``joins`` (seconds),
+    the mean and 95th percentile of the flux elsewhere (two frames around each join
+    excluded), and their ratio ``join / within``: a seam shows as ratio >> 1.
+    """
+    hop = max(1, round(hop_seconds * sample_rate))
+    mel = torchaudio.transforms.MelSpectrogram(
+        sample_rate, n_fft=4 * hop, hop_length=hop, n_mels=64, center=True
+    )
+    with torch.inference_mode():
+        logmel = torch.log(mel(audio.float()) + 1e-5)  # [M, F]
+    flux = (logmel[:, 1:] - logmel[:, :-1]).abs().mean(dim=0)  # flux[i]: frame i -> i + 1
+    at = [min(flux.numel() - 1, max(0, round(t / hop_seconds) - 1)) for t in joins]
+    mask = torch.ones_like(flux, dtype=torch.bool)
+    for i in at:
+        mask[max(0, i - 2) : i + 3] = False
+    within = flux[mask]
+    join = float(flux[at].mean()) if at else float("nan")
+    mean_within = float(within.mean())
+    return {
+        "join": join,
+        "within": mean_within,
+        "within_p95": float(within.quantile(0.95)),
+        "ratio": join / mean_within,
+        "joins": len(at),
+    }
 
 
 def noise_like(clips: Sequence[torch.Tensor], seed: int = 0) -> list[torch.Tensor]:

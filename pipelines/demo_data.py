@@ -49,7 +49,7 @@ import soundfile as sf
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 3
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 OPENMSX_DIR = Path("/usr/share/games/openttd/baseset/openmsx")
 WESNOTH_DIR = Path("/usr/share/games/wesnoth/1.16/data/core/music")
@@ -511,6 +511,12 @@ def build_demo(
         shutil.rmtree(out)
     partial.rename(out)
     return stamp
+
+
+def settings_id(settings: Settings) -> str:
+    """Short hash of the settings (names cache folders of different builds apart)."""
+    text = json.dumps(_settings_dict(settings), sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
 
 
 def _share_total(settings: Settings) -> float:

@@ -153,8 +153,9 @@ def arrange_midi(
         channels = set()
         for tick, event in timed:
             kind = event.type
-            if kind == _PROGRAM and event.channel in assigned:
-                event.data = assigned[event.channel]
+            if kind == _PROGRAM and programs and event.channel != DRUM_CHANNEL:
+                # silent channels too, so the file names no instrument that is not heard
+                event.data = assigned.get(event.channel, programs[0])
             if kind == _ON and event.velocity:
                 if cutoff is not None and tick >= cutoff:
                     continue

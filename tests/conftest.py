@@ -6,13 +6,11 @@ import fcntl
 from pathlib import Path
 
 import pytest
-from musiclm.pipelines.demo_data import Settings, build_demo
+from musiclm.pipelines.demo_data import BUILDER_VERSION, Settings, build_demo, settings_id
 
 CACHE = Path(__file__).parent / ".cache"
 # A few pieces of every source, cut to 12 s: about 3.6 minutes of audio.
-DEMO_SUBSET = Settings(
-    minutes=60.0, max_pieces=3, max_piece_seconds=12.0, seed=0, small_scores=True
-)
+DEMO_SUBSET = Settings(minutes=60.0, max_pieces=3, max_piece_seconds=12.0, small_scores=True)
 
 
 @pytest.fixture(scope="session")
@@ -22,11 +20,13 @@ def demo_music() -> Path:
     Every source of the demo (Bach chorales, folk tunes, string quartets, OpenTTD MIDI,
     Wesnoth and Singularity recordings) has 3 pieces of 12 s: 2 in train, 1 held out;
     each audio file has a sidecar ``.json`` with its caption. Built once into
-    ``tests/.cache/demo-subset/`` and reused while the builder settings are unchanged.
+    ``tests/.cache/demo-subset/<builder version and settings>/`` and reused; a folder is
+    never rebuilt in place, so concurrent test runs never see it half-written.
     """
-    CACHE.mkdir(exist_ok=True)
-    out = CACHE / "demo-subset"
-    with (CACHE / "demo-subset.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # test runs in parallel checkouts share the cache
-        build_demo(out, DEMO_SUBSET, overwrite=True)
+    root = CACHE / "demo-subset"
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / f"v{BUILDER_VERSION}-{settings_id(DEMO_SUBSET)}"
+    with (root / "build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent test runs share the cache
+        build_demo(out, DEMO_SUBSET)
     return out

@@ -27,6 +27,18 @@ ENTRIES: dict[str, tuple[str, str]] = {
         "musiclm.training.mulan_trainer:MuLanModule",
         "musiclm.training.audio_data:AudioCropDataModule",
     ),
+    "stage-semantic": (
+        "musiclm.training.stages:SemanticStage",
+        "musiclm.training.shard_data:SemanticData",
+    ),
+    "stage-coarse": (
+        "musiclm.training.stages:CoarseStage",
+        "musiclm.training.shard_data:CoarseData",
+    ),
+    "stage-fine": (
+        "musiclm.training.stages:FineStage",
+        "musiclm.training.shard_data:FineData",
+    ),
 }
 
 
@@ -67,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         run=False,
         save_config_kwargs={"overwrite": True},
     )
+    if hasattr(cli.model, "run_config"):  # stage modules keep the full config in checkpoints
+        cli.model.run_config = cli.config.clone().as_dict()
     root = Path(cli.trainer.default_root_dir)
     ckpt_path = cli.config.get("ckpt_path")
     if ckpt_path == "last":

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from musiclm.tokenizers.bundle import TokenizerBundle
+from musiclm.tokenizers.bundle import TokenizerBundle, load_bundle, write_bundle_manifest
 from musiclm.tokenizers.contract import TokenSpec
 from musiclm.tokenizers.mulan import MuLanTokenizer
+from musiclm.tokenizers.semantic import SemanticTokenizer
 from musiclm.tokenizers.soundstream import SoundStream
 from musiclm.training.stages import CoarseStage, FineStage, SemanticStage
 
@@ -18,7 +19,6 @@ SPEC = TokenSpec(
     mulan_levels=3,
     mulan_codebook_size=8,
 )
-FINGERPRINT = "0123456789abcdef"
 CAPTIONS = ["a slow organ chorale", "fast piano jazz", "rock guitar with drums", "calm strings"]
 STAGE_CLASSES = {"semantic": SemanticStage, "coarse": CoarseStage, "fine": FineStage}
 
@@ -66,20 +66,27 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle() -> TokenizerBundle:
+def bundle_dir(tmp_path_factory):
+    """A tokenizer bundle on disk, exactly as `make tokenizers` lays it out (untrained)."""
     torch.manual_seed(0)
-    return TokenizerBundle(
-        root="<memory>",
-        spec=SPEC,
-        fingerprint=FINGERPRINT,
-        codec=tiny_codec(SPEC),
-        semantic=None,
-        mulan=tiny_mulan(SPEC),
-    )
+    root = tmp_path_factory.mktemp("bundle")
+    tiny_codec(SPEC).save(root / "codec")
+    semantic = SemanticTokenizer.tiny(SPEC)
+    gen = torch.Generator().manual_seed(1)
+    semantic.set_centroids(torch.randn(SPEC.semantic_vocab, semantic.dim, generator=gen).numpy())
+    semantic.save(root / "semantic")
+    tiny_mulan(SPEC).save(root / "mulan")
+    write_bundle_manifest(root, SPEC, {"size": "test"})
+    return root
 
 
 @pytest.fixture(scope="session")
-def stage_checkpoints(tmp_path_factory) -> dict:
+def tiny_bundle(bundle_dir) -> TokenizerBundle:
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture(scope="session")
+def stage_checkpoints(tmp_path_factory, tiny_bundle) -> dict:
     """Checkpoints with 2 s / 1 s / 0.6 s crops (windows) so short clips need several windows."""
     root = tmp_path_factory.mktemp("stages")
     crops = {"semantic": 2.0, "coarse": 1.0, "fine": 0.6}
@@ -88,5 +95,5 @@ def stage_checkpoints(tmp_path_factory) -> dict:
         torch.manual_seed(10 + i)
         paths[stage] = root / stage / "checkpoints" / "last.ckpt"
         paths[stage].parent.mkdir(parents=True)
-        save_stage(paths[stage], stage, SPEC, FINGERPRINT, crops[stage])
+        save_stage(paths[stage], stage, SPEC, tiny_bundle.fingerprint, crops[stage])
     return paths

@@ -8,7 +8,7 @@ from musiclm.sampling import sampler as S
 from musiclm.sampling.generate import SamplingSettings
 from musiclm.sampling.metrics import join_discontinuity
 
-from .conftest import FINGERPRINT, SPEC, save_stage
+from .conftest import SPEC, save_stage
 
 PROMPTS = ["a slow organ chorale", "fast piano jazz"]
 
@@ -91,7 +91,7 @@ def test_refuses_a_checkpoint_of_another_bundle(tiny_bundle, stage_checkpoints, 
     stages["fine"] = S.load_stage_model(other, "fine")
     with pytest.raises(ValueError, match="ffffffffffffffff") as err:
         S.Sampler(tiny_bundle, stages)
-    assert FINGERPRINT in str(err.value) and "bundle" in str(err.value)
+    assert tiny_bundle.fingerprint in str(err.value) and "bundle" in str(err.value)
 
 
 def test_find_checkpoint_prefers_last(stage_checkpoints):

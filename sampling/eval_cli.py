@@ -11,6 +11,8 @@
   sidecar ``tags``.
 - FAD embedder: the bundle's MuLan audio tower by default, or ``--embedder DIR``, any
   ``transformers`` audio model saved in a local folder.
+- With ``--bundle``, the codec's mel distance and SI-SNR on the reference audio at 1, 4
+  and all RVQ levels.
 - ``--noise-baseline`` adds white noise (each generated clip's length and loudness) as a
   second set: an anchor that generated music should beat.
 - Writes ``report.md``, ``report.png`` and ``metrics.json`` to ``--out``.
@@ -81,6 +83,7 @@ def evaluate(
     reference: list[Path],
     mulan: Any,
     sample_rate: int,
+    codec: Any | None,
     embedder: metrics.AudioEmbedder,
     tags: list[str],
     noise_baseline: bool = False,
@@ -114,6 +117,10 @@ def evaluate(
             "prompts": prompts,
             "matrix": cycle.matrix.tolist(),
         }
+    if codec is not None:
+        q = codec.num_levels
+        levels = sorted({1, min(4, q), q})
+        results["codec"] = metrics.codec_round_trip(codec, ref, sample_rate, levels)
     results["setup"] = {
         "generated": f"{len(gen)} files",
         "reference": f"{len(ref)} files",
@@ -151,9 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.bundle:
             bundle = load_bundle(args.bundle, device=args.device)
-            mulan, sample_rate = bundle.mulan, bundle.spec.sample_rate
+            mulan, codec, sample_rate = bundle.mulan, bundle.codec, bundle.spec.sample_rate
         else:
-            mulan = load_component(args.mulan, device=args.device)
+            mulan, codec = load_component(args.mulan, device=args.device), None
             sample_rate = mulan.spec.sample_rate
         embedder: metrics.AudioEmbedder = (
             metrics.TransformersEmbedder(args.embedder, sample_rate, device=args.device)
@@ -167,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             reference,
             mulan,
             sample_rate,
+            codec,
             embedder,
             [t.strip() for t in tags if t.strip()],
             noise_baseline=args.noise_baseline,

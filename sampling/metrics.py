@@ -16,6 +16,8 @@ Figures (MusicLM's section 5 metrics, computed with our own models):
   the reference's tag distribution to the generated one's.
 - :func:`cycle_consistency` -- cosine of each prompt's MuLan text embedding with the
   MuLan audio embedding of the audio generated for it (MCC), also against other prompts.
+- :func:`codec_round_trip` -- the codec's mel distance / SI-SNR at several RVQ levels.
+- :func:`join_discontinuity` -- spectral change at generation window joins vs within.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 import torchaudio
 import torchaudio.functional as AF
+from musiclm.tokenizers.audio_metrics import mel_distance, si_snr
 
 
 class AudioEmbedder(Protocol):
@@ -259,6 +262,33 @@ def cycle_consistency(
         raise ValueError(f"{len(prompts)} prompts but {len(clips)} clips; pair them one to one")
     sims = text_embeddings(mulan, prompts) @ audio_embeddings(mulan, clips).T
     return CycleConsistency(sims.double().numpy())
+
+
+@torch.inference_mode()
+def codec_round_trip(
+    codec: object,
+    clips: Sequence[torch.Tensor],
+    sample_rate: int,
+    levels: Sequence[int],
+    seconds: float = 10.0,
+) -> dict[str, list[float]]:
+    """Mel distance and SI-SNR of ``clips`` decoded from their first ``q`` RVQ levels, per ``q``.
+
+    Every clip is cut to the same length (``seconds``, or the shortest clip) and the batch
+    is encoded once; the codes' first ``q`` levels are decoded for each ``q`` in ``levels``.
+    Uses the codec helpers :func:`~musiclm.tokenizers.audio_metrics.mel_distance` and
+    :func:`~musiclm.tokenizers.audio_metrics.si_snr`; returns their means over clips.
+    """
+    n = window_length(sample_rate, seconds, clips)
+    batch = torch.stack([clip[:n] for clip in clips])[:, None].float()
+    device = next(codec.parameters()).device
+    codes = codec.encode(batch.to(device))
+    out: dict[str, list[float]] = {"levels": list(levels), "mel_distance": [], "si_snr": []}
+    for q in levels:
+        decoded = codec.decode(codes[:, :q]).float().cpu()[..., :n]
+        out["mel_distance"].append(float(mel_distance(decoded, batch, sample_rate).mean()))
+        out["si_snr"].append(float(si_snr(decoded, batch).mean()))
+    return out
 
 
 def join_discontinuity(

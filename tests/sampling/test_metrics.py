@@ -189,3 +189,21 @@ def test_eval_cli_names_a_missing_folder(tiny_mulan_dir, tmp_path):
             ["--generated", str(missing), "--reference", str(missing),
              "--mulan", str(tiny_mulan_dir), "--out", str(tmp_path / "o")]
         )  # fmt: skip
+
+
+def test_eval_with_a_bundle_reports_codec_quality(bundle_dir, tmp_path):
+    import json
+
+    from musiclm.sampling import eval_cli
+
+    prompts = ["a slow organ chorale", "fast piano jazz"]
+    _write_set(tmp_path / "gen", _tones([220, 440], seconds=1.2), prompts, "text")
+    _write_set(tmp_path / "ref", _tones([262, 523], seconds=1.2), [["organ"], ["piano"]], "tags")
+    eval_cli.main(
+        ["--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "ref"),
+         "--bundle", str(bundle_dir), "--window-seconds", "1.0", "--out", str(tmp_path / "e")]
+    )  # fmt: skip
+    codec = json.loads((tmp_path / "e" / "metrics.json").read_text())["codec"]
+    assert codec["levels"] == [1, 4]
+    assert all(np.isfinite(codec["mel_distance"])) and all(np.isfinite(codec["si_snr"]))
+    assert "Codec round trip" in (tmp_path / "e" / "report.md").read_text()

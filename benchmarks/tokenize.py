@@ -1,0 +1,272 @@
+"""Tokenize pipeline benchmark: throughput vs bare tokenizer calls, workers, peak memory.
+
+Prints one JSON object with
+
+- ``throughput``: audio seconds tokenized per wall second by the Beam pipeline (decode,
+  resample, clip, three RunInference steps, shard writing) and by bare batched calls of
+  the same three tokenizers on the same clips, already decoded in memory (the ceiling);
+  ``ratio`` = pipeline / bare (goal >= 0.85). Both with the same torch thread count.
+- ``workers``: pipeline throughput with 1 and 2 DirectRunner worker processes
+  (multi-processing mode, threads split between workers).
+- ``memory``: peak resident memory (sum over the launcher and its worker processes,
+  sampled every 50 ms) tokenizing 10 files, 100 files and one 1-hour file (goal: flat,
+  under 2 GiB).
+
+Tokenizers: untrained SoundStream, semantic model and MuLan at the paper's token spec
+(12 x 1024 acoustic codes, 1024 semantic ids, MuLan 12 x 1024 / 128-d), sized by
+``--size`` (cost does not depend on the weights; centroids and codebooks are fitted
+by the fit pipeline on the benchmark audio). Audio: synthetic music-like signals (decaying
+partials + noise) written as 44.1 kHz stereo FLAC, so decoding, down-mixing and
+resampling are part of the pipeline's cost as with real catalogues.
+
+Usage: ``python benchmarks/tokenize.py [--files 12] [--seconds 60] [--quick]``.
+Wall times depend on the machine's load; run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from musiclm.pipelines.clips import ClipConfig, iter_clips
+from musiclm.pipelines.fit import FitConfig, fit_bundle
+from musiclm.pipelines.sources import read_sources
+from musiclm.pipelines.tokenize import TokenizeConfig, tokenize_dataset
+from musiclm.tokenizers.bundle import load_bundle
+from musiclm.tokenizers.contract import TokenSpec
+from musiclm.tokenizers.mulan import MuLanTokenizer
+from musiclm.tokenizers.semantic import SemanticTokenizer
+from musiclm.tokenizers.semantic_model import SemanticFeatureModel, SemanticModelConfig
+from musiclm.tokenizers.soundstream import SoundStream
+
+CLIP_SECONDS = 10.0
+
+
+def write_music(path: Path, seconds: float, rate: int = 44_100, seed: int = 0) -> None:
+    """Synthetic stereo music-like audio (decaying partials + noise), written in 30 s blocks."""
+    rng = np.random.default_rng(seed)
+    with sf.SoundFile(path, "w", rate, 2, format="FLAC") as handle:
+        for start in np.arange(0, seconds, 30.0):
+            t = np.arange(int(min(30.0, seconds - start) * rate)) / rate
+            base = rng.uniform(110, 440)
+            wave = sum(
+                np.sin(2 * np.pi * base * k * t) * np.exp(-(t % 0.4) * 5) / k for k in (1, 2, 3)
+            )
+            wave = 0.2 * wave + rng.normal(0, 0.01, t.size)
+            handle.write(np.stack([wave, 0.8 * wave], axis=1).astype(np.float32))
+
+
+def make_dataset(root: Path, files: int, seconds: float) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        write_music(root / f"track{i:04d}.flac", seconds, seed=i)
+    return root
+
+
+def components(root: Path, spec: TokenSpec, size: str, captions: list[str]) -> dict[str, str]:
+    """Untrained codec, semantic model and MuLan saved under ``root``."""
+    if size == "tiny":
+        codec = SoundStream(channels=4, dim=32, num_levels=spec.acoustic_levels)
+        semantic = SemanticTokenizer.tiny(spec)
+        mulan = MuLanTokenizer.tiny(captions, spec)
+    else:
+        codec = SoundStream(channels=16, dim=64, num_levels=spec.acoustic_levels)
+        model = SemanticFeatureModel(SemanticModelConfig(dim=128, num_layers=4, ffn_dim=512))
+        semantic = SemanticTokenizer(model.eval(), spec)
+        mulan = MuLanTokenizer.tiny(captions, spec)
+    dirs = {"codec": codec, "semantic": semantic, "mulan": mulan}
+    for name, model in dirs.items():
+        model.save(root / name)
+    return {name: str(root / name) for name in dirs}
+
+
+def bare_throughput(bundle_dir: Path, dataset: Path, batch: int) -> float:
+    """Audio seconds per wall second of the three tokenizers called directly on the clips."""
+    bundle = load_bundle(bundle_dir)
+    config = ClipConfig(seconds=CLIP_SECONDS)
+    clips = [c.wav for r in read_sources(dataset) for c in iter_clips(r, bundle.spec, config)]
+    by_length: dict[int, list[np.ndarray]] = {}
+    for wav in clips:
+        by_length.setdefault(len(wav), []).append(wav)
+    seconds = sum(len(w) for w in clips) / bundle.spec.sample_rate
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for group in by_length.values():
+            for i in range(0, len(group), batch):
+                wav = torch.from_numpy(np.stack(group[i : i + batch]))
+                bundle.semantic.encode(wav)
+                bundle.codec.encode(wav[:, None])
+                bundle.mulan.quantize(bundle.mulan.audio_embedding(wav))
+    return seconds / (time.perf_counter() - start)
+
+
+def pipeline_run(dataset: Path, bundle: Path, out: Path, workers: int, threads: int, batch: int):
+    """Audio seconds per wall second of the tokenize pipeline (multi-processing DirectRunner)."""
+    config = TokenizeConfig(
+        clip_seconds=CLIP_SECONDS,
+        num_shards=8,
+        expected_workers=1,
+        semantic_batch_size=batch,
+        acoustic_batch_size=batch,
+        mulan_batch_size=batch,
+        threads=threads,
+        overwrite=True,
+        progress_seconds=1e9,
+    )
+    start = time.perf_counter()
+    summary = tokenize_dataset(
+        str(dataset),
+        str(bundle),
+        str(out),
+        config,
+        ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"],
+    )
+    return summary["counts"]["audio_seconds"] / (time.perf_counter() - start)
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        stack.extend(children.get(current, []))
+        try:
+            with open(f"/proc/{current}/status") as handle:
+                for line in handle:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+def peak_memory(dataset: Path, bundle: Path, out: Path, workers: int) -> dict[str, float]:
+    """Peak RSS (GiB) of a ``musiclm-tokenize`` process tree, and its wall time."""
+    command = [
+        sys.executable,
+        "-m",
+        "musiclm.pipelines.tokenize_cli",
+        "--dataset",
+        str(dataset),
+        "--bundle",
+        str(bundle),
+        "--out",
+        str(out),
+        "--clip_seconds",
+        str(CLIP_SECONDS),
+        "--num_shards",
+        "8",
+        "--expected_workers",
+        "1",
+        "--overwrite",
+        f"--direct_num_workers={workers}",
+        "--threads",
+        "1",
+    ]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak, done = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss(process.pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    code = process.wait()
+    done.set()
+    sampler.join()
+    if code:
+        raise RuntimeError(f"{' '.join(command)} failed with exit code {code}")
+    return {"peak_gib": round(peak / 2**30, 3), "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--files", type=int, default=12, help="files for the throughput runs")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each file")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", choices=("tiny", "small"), default="small")
+    parser.add_argument("--quick", action="store_true", help="fewer/shorter files, no 1-hour file")
+    args = parser.parse_args()
+    if args.quick:
+        args.files, args.seconds = 4, 30.0
+    cores = os.cpu_count() or 1
+    spec = TokenSpec()
+    result: dict = {
+        "machine": {"cpus": cores, "platform": platform.platform(), "torch": torch.__version__},
+        "setup": {
+            "size": args.size,
+            "clip_seconds": CLIP_SECONDS,
+            "batch": args.batch,
+            "files": args.files,
+            "file_seconds": args.seconds,
+            "input": "44.1 kHz stereo FLAC",
+        },
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-tokenize-") as tmp:
+        root = Path(tmp)
+        data = make_dataset(root / "data", args.files, args.seconds)
+        parts = components(root / "components", spec, args.size, ["synthetic music"])
+        fit_bundle(
+            str(data),
+            parts,
+            str(root / "bundle"),
+            FitConfig(clip_seconds=CLIP_SECONDS, rvq_min_points_per_code=1),
+            ["--direct_running_mode=in_memory"],
+        )
+        bundle = root / "bundle"
+        torch.set_num_threads(cores)
+        bare = bare_throughput(bundle, data, args.batch)
+        one = pipeline_run(data, bundle, root / "out1", 1, cores, args.batch)
+        two = pipeline_run(data, bundle, root / "out2", 2, max(1, cores // 2), args.batch)
+        result["throughput"] = {
+            "unit": "audio seconds per wall second",
+            "bare_batched_calls": round(bare, 2),
+            "pipeline_1_worker": round(one, 2),
+            "ratio_pipeline_over_bare": round(one / bare, 3),
+            "goal_ratio": 0.85,
+        }
+        result["workers"] = {
+            "pipeline_1_worker": round(one, 2),
+            "pipeline_2_workers": round(two, 2),
+            "speedup": round(two / one, 3),
+        }
+        memory = {}
+        for count in (10, 100):
+            small = make_dataset(root / f"mem{count}", count, 30.0)
+            memory[f"{count}_files_of_30s"] = peak_memory(small, bundle, root / "memout", 1)
+        if not args.quick:
+            hour = root / "hour"
+            hour.mkdir()
+            write_music(hour / "one_hour.flac", 3600.0)
+            memory["one_file_of_1h"] = peak_memory(hour, bundle, root / "memout", 1)
+        memory["goal"] = "flat across sizes, < 2 GiB"
+        result["memory"] = memory
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""The tokenize pipeline end to end: demo music + broken/awkward inputs -> shards a trainer reads.
+
+Checks what a user relies on: every good file has all its clips with the tokens the
+tokenizers give when called directly; every broken file is one readable failure row;
+the counts add up; the shards read with plain webdataset; a crashed run resumes to the
+same bytes while tokenizing only what was missing.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import webdataset as wds
+from musiclm.pipelines import tokenize_cli
+from musiclm.pipelines.clips import ClipConfig, clip_bounds
+from musiclm.pipelines.shards import PARTS_DIR, part_path
+from musiclm.pipelines.sources import read_sources
+from musiclm.pipelines.tokenize import TokenizeConfig, tokenize_dataset
+from musiclm.tokenizers.audio import load_audio
+from musiclm.tokenizers.bundle import load_bundle
+from musiclm.tokenizers.contract import decode_sample
+
+from .conftest import AWKWARD_INPUTS, BAD_INPUTS, FAST_BEAM
+
+CLIP = {"clip_seconds": 10.0, "min_seconds": 2.0}
+FAILURE_REASONS = {
+    "corrupt.wav": "cannot decode audio",
+    "truncated.wav": "truncated",
+    "empty.wav": "",  # libsndfile's own words; the file name is what matters
+    "nan.wav": "NaN",
+    "lyrics.flac": "cannot decode audio",
+}
+
+
+def direct_tokens(bundle, path: str, start, end, config: ClipConfig) -> list[dict]:
+    """Tokens of each clip of a file by calling the three tokenizers directly."""
+    spec = bundle.spec
+    wav = load_audio(path, spec.sample_rate, start or 0.0, end)
+    out = []
+    with torch.inference_mode():
+        for s, n in clip_bounds(len(wav), spec, config):
+            clip = wav[s : s + n][None]
+            emb = bundle.mulan.audio_embedding(clip)
+            out.append(
+                {
+                    "semantic": bundle.semantic.encode(clip)[0].numpy(),
+                    "acoustic": bundle.codec.encode(clip[:, None])[0].numpy(),
+                    "mulan": bundle.mulan.quantize(emb)[0].numpy(),
+                    "mulan_emb": emb[0].numpy(),
+                }
+            )
+    return out
+
+
+def read_shards(out: Path) -> dict[str, dict]:
+    """Raw samples of OUT/shards by key (bytes per member, as webdataset yields them)."""
+    shards = sorted(glob.glob(str(out / "shards" / "shard-*.tar")))
+    return {s["__key__"]: s for s in wds.WebDataset(shards, shardshuffle=False)}
+
+
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory, mixed_dataset, tiny_bundle) -> Path:
+    out = tmp_path_factory.mktemp("tokens") / "out"
+    args = ["--dataset", str(mixed_dataset), "--bundle", str(tiny_bundle), "--out", str(out)]
+    args += ["--clip_seconds", "10", "--min_seconds", "2", "--num_shards", "6"]
+    tokenize_cli.main([*args, "--expected_workers", "2", *FAST_BEAM])
+    return out
+
+
+@pytest.mark.slow
+def test_every_broken_file_is_one_readable_failure(tokenized):
+    rows = pq.read_table(tokenized / "failures.parquet").to_pylist()
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert set(by_name) == set(BAD_INPUTS), rows
+    for name, reason in FAILURE_REASONS.items():
+        row = by_name[name]
+        assert row["step"] == "decode"
+        assert name in row["error"] and reason in row["error"], row
+        assert "Traceback" not in row["error"] and "\n" not in row["error"]
+
+
+@pytest.mark.slow
+def test_good_files_have_all_clips_with_direct_tokens(tokenized, mixed_dataset, tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    config = ClipConfig(seconds=CLIP["clip_seconds"], min_seconds=CLIP["min_seconds"])
+    samples = read_shards(tokenized)
+    manifest = pq.read_table(tokenized / "manifest.parquet").to_pylist()
+    assert len(samples) == len(manifest) and {r["key"] for r in manifest} == set(samples)
+    per_source = Counter(r["source"] for r in manifest)
+    records = [r for r in read_sources(mixed_dataset) if Path(r.path).name not in BAD_INPUTS]
+    assert {Path(r.path).name for r in records} >= set(AWKWARD_INPUTS)
+    for record in records:
+        expected = direct_tokens(bundle, record.path, record.start, record.end, config)
+        assert per_source[record.key] == len(expected), record.path
+        for index, want in enumerate(expected):
+            got = decode_sample(samples[f"{record.key}-{index:05d}"])
+            bundle.spec.check_sample(got)
+            for name in ("semantic", "acoustic", "mulan"):
+                np.testing.assert_array_equal(
+                    got[name], want[name], err_msg=f"{record.path} {name}"
+                )
+            np.testing.assert_allclose(got["mulan_emb"], want["mulan_emb"], rtol=1e-2, atol=1e-3)
+            assert got["caption"] == record.caption
+            assert got["meta"]["bundle"] == bundle.fingerprint
+
+
+@pytest.mark.slow
+def test_shards_load_with_plain_webdataset(tokenized, tiny_bundle):
+    # The README's snippet, verbatim.
+    import webdataset as wds
+
+    urls = sorted(glob.glob(f"{tokenized}/shards/shard-*.tar"))
+    for sample in wds.WebDataset(urls, shardshuffle=False).decode():
+        semantic, acoustic = sample["semantic.npy"], sample["acoustic.npy"]
+        caption, meta = sample["txt"], sample["json"]
+        assert acoustic.shape[1] == 2 * semantic.shape[0] and semantic.dtype == np.int16
+        assert sample["mulan.npy"].shape == (3,) and meta["bundle"] and isinstance(caption, str)
+
+
+@pytest.mark.slow
+def test_silence_and_missing_caption_are_samples_not_failures(tokenized):
+    manifest = pq.read_table(tokenized / "manifest.parquet").to_pylist()
+    silence = [r for r in manifest if Path(r["path"]).name == "silence.wav"]
+    assert silence and all(r["rms_db"] == -200.0 for r in silence)
+    uncaptioned = [r for r in manifest if Path(r["path"]).name == "no_caption.wav"]
+    assert uncaptioned and all(r["caption"] == "" for r in uncaptioned)
+    long = [r for r in manifest if Path(r["path"]).name == "twenty_minutes.flac"]
+    assert len(long) == 120 and sum(r["seconds"] for r in long) == 1200.0
+
+
+@pytest.mark.slow
+def test_dataset_json_counts_add_up(tokenized, mixed_dataset, tiny_bundle):
+    info = json.loads((tokenized / "dataset.json").read_text())
+    counts = info["counts"]
+    inputs = len(list(read_sources(mixed_dataset)))
+    assert counts["inputs"] == inputs == counts["ok"] + counts["failed"]
+    assert counts["failed"] == len(BAD_INPUTS)
+    assert counts["clips"] == len(read_shards(tokenized))
+    assert (
+        info["fingerprint"] == json.loads((tiny_bundle / "bundle.json").read_text())["fingerprint"]
+    )
+    assert info["configs"]["tokenize"]["clip_seconds"] == 10.0
+
+
+def _crash_after_two_shards(dataset: Path, bundle: Path, out: Path, config: dict) -> int:
+    """Run the pipeline in a child process that dies (os._exit) after writing 2 shards."""
+    script = textwrap.dedent(
+        f"""
+        import os
+        import musiclm.pipelines.tokenize as t
+        real, written = t.write_shard, []
+        def write_then_crash(*args, **kwargs):
+            result = real(*args, **kwargs)
+            written.append(result)
+            if len(written) == 2:
+                os._exit(9)
+            return result
+        t.write_shard = write_then_crash
+        t.tokenize_dataset({str(dataset)!r}, {str(bundle)!r}, {str(out)!r},
+                           t.TokenizeConfig(**{config!r}), {FAST_BEAM!r})
+        """
+    )
+    return subprocess.run([sys.executable, "-c", script], capture_output=True).returncode
+
+
+@pytest.mark.slow
+def test_crash_then_resume_equals_uninterrupted_run(tmp_path, demo_music, tiny_bundle):
+    config = {**CLIP, "num_shards": 5, "expected_workers": 1}
+    whole = tmp_path / "whole"
+    full = tokenize_dataset(
+        str(demo_music), str(tiny_bundle), str(whole), TokenizeConfig(**config), FAST_BEAM
+    )
+    crashed = tmp_path / "crashed"
+    assert _crash_after_two_shards(demo_music, tiny_bundle, crashed, config) == 9
+    done = sorted(glob.glob(str(crashed / PARTS_DIR / "*.manifest.parquet")))
+    assert len(done) == 2 and not (crashed / "dataset.json").exists()
+    clips_done = sum(pq.read_table(p).num_rows for p in done)
+    sources_done = sum(len(set(pq.read_table(p).column("source").to_pylist())) for p in done)
+    (crashed / "shards" / "shard-000099.tar.tmp-dead").write_bytes(b"half a shard")
+
+    resumed = tokenize_dataset(
+        str(demo_music), str(tiny_bundle), str(crashed), TokenizeConfig(**config), FAST_BEAM
+    )
+    assert resumed["last_run"]["sources"] == full["counts"]["inputs"] - sources_done
+    assert resumed["last_run"]["clips_tokenized"] == full["counts"]["clips"] - clips_done
+    assert resumed["counts"] == full["counts"]
+    for shard in sorted(os.listdir(whole / "shards")):
+        assert (crashed / "shards" / shard).read_bytes() == (whole / "shards" / shard).read_bytes()
+    assert sorted(os.listdir(crashed / "shards")) == sorted(os.listdir(whole / "shards"))
+    assert pq.read_table(crashed / "manifest.parquet").equals(
+        pq.read_table(whole / "manifest.parquet")
+    )
+
+    # A shard whose tar was renamed but whose parts were not (crash in between) is redone.
+    os.remove(part_path(str(crashed), 0, "manifest"))
+    again = tokenize_dataset(
+        str(demo_music), str(tiny_bundle), str(crashed), TokenizeConfig(**config), FAST_BEAM
+    )
+    redo = pq.read_table(part_path(str(whole), 0, "manifest")).num_rows
+    assert again["last_run"]["clips_tokenized"] == redo
+    assert (crashed / "shards" / "shard-000000.tar").read_bytes() == (
+        whole / "shards" / "shard-000000.tar"
+    ).read_bytes()
+
+
+@pytest.mark.slow
+def test_resume_refuses_other_settings_and_overwrite_starts_afresh(
+    tmp_path, demo_music, tiny_bundle
+):
+    out = tmp_path / "out"
+    config = {**CLIP, "num_shards": 3, "expected_workers": 1}
+    tokenize_dataset(
+        str(demo_music), str(tiny_bundle), str(out), TokenizeConfig(**config), FAST_BEAM
+    )
+    other = {**config, "clip_seconds": 5.0}
+    with pytest.raises(ValueError, match="--overwrite"):
+        tokenize_dataset(
+            str(demo_music), str(tiny_bundle), str(out), TokenizeConfig(**other), FAST_BEAM
+        )
+    fresh = tokenize_dataset(
+        str(demo_music),
+        str(tiny_bundle),
+        str(out),
+        TokenizeConfig(**other, overwrite=True),
+        FAST_BEAM,
+    )
+    assert fresh["last_run"]["sources"] == fresh["counts"]["inputs"]
+    manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert max(r["seconds"] for r in manifest) == 5.0
+
+
+def test_missing_bundle_is_a_plain_error(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="not a tokenizer bundle"):
+        tokenize_cli.main(
+            ["--dataset", str(tmp_path), "--bundle", str(tmp_path), "--out", str(tmp_path / "o")]
+        )

@@ -1,0 +1,233 @@
+"""``make demo``: the bundled demo music through every step, end to end, at one size.
+
+::
+
+    python -m musiclm.sampling.demo --demo data/demo --runs runs --size small
+
+Steps (each a separate process, its output streamed; a step whose outputs exist is
+skipped, and an interrupted training step resumes from its last checkpoint, so a rerun
+continues where the last one stopped):
+
+1. demo music             ``musiclm.pipelines.demo_data``          -> DEMO/{train,heldout}
+2. three tokenizers       ``musiclm.training.cli tokenizer-<t>``    -> RUNS/<t>/model
+3. codebooks + bundle     ``musiclm.pipelines.fit_cli``             -> RUNS/bundle
+4. tokenize train/heldout ``musiclm.pipelines.tokenize_cli``        -> RUNS/tokens/<split>
+5. three stages           ``musiclm.training.cli stage-<s>``        -> RUNS/<s>/.../last.ckpt
+6. three prompts sampled  ``musiclm.sampling.cli``                  -> RUNS/samples/demo_<i>.wav
+7. evaluation report      ``musiclm.sampling.eval_cli``             -> RUNS/eval/report.md
+
+Training steps get a wall-clock budget (``--trainer.max_time``, from :data:`BUDGET_MINUTES`
+times ``--time-scale``) on top of their config's ``max_steps``, so the whole demo fits in
+about 20 minutes on 2 CPU cores at ``small`` size. The prompts are the captions of three
+held-out pieces of different sources; the report compares each sample's MuLan score with
+its own prompt against the other prompts (MCC), and FAD of the samples and of white noise
+against the held-out music.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TOKENIZERS = ("soundstream", "semantic", "mulan")
+STAGES = ("semantic", "coarse", "fine")
+# Wall-clock minutes per training step at --time-scale 1 (the 2-core, ~20-minute demo).
+BUDGET_MINUTES = {
+    "soundstream": 3.0,
+    "semantic": 1.5,
+    "mulan": 1.5,
+    "stage-semantic": 1.5,
+    "stage-coarse": 2.0,
+    "stage-fine": 1.5,
+}
+DONE_MARK = "demo-done"
+
+
+@dataclass
+class Step:
+    """One command of the demo and the file whose existence means it is done."""
+
+    name: str
+    command: list[str]
+    output: Path
+    mark_done: bool = False  # write ``output`` ourselves after success (stage runs)
+    seconds: float | None = field(default=None)
+    status: str = "pending"
+
+
+def max_time(minutes: float) -> str:
+    """Lightning's ``DD:HH:MM:SS`` for ``minutes``."""
+    total = max(1, round(minutes * 60))
+    return f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def python(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def pick_prompts(heldout: Path, count: int = 3) -> list[str]:
+    """Captions of ``count`` held-out pieces, from different sources where possible."""
+    by_source: dict[str, list[str]] = {}
+    for side in sorted(heldout.rglob("*.json")):
+        caption = json.loads(side.read_text()).get("caption", "").strip()
+        if caption:
+            by_source.setdefault(side.parent.name, []).append(caption)
+    picked: list[str] = []
+    while len(picked) < count and any(by_source.values()):
+        for captions in by_source.values():
+            if captions and len(picked) < count:
+                picked.append(captions.pop(0))
+    if len(picked) < count:
+        sys.exit(f"demo: {heldout} has only {len(picked)} captioned pieces; need {count}")
+    return picked
+
+
+def build_steps(args: argparse.Namespace) -> list[Step]:
+    demo, runs, size = Path(args.demo), Path(args.runs), args.size
+    budget = {k: v * args.time_scale for k, v in BUDGET_MINUTES.items()}
+    bundle, tokens = runs / "bundle", runs / "tokens"
+    command = python("musiclm.pipelines.demo_data", "--out", str(demo))
+    steps = [Step("demo music", command, demo / "demo.json")]
+    for name in TOKENIZERS:
+        command = python(
+            "musiclm.training.cli", f"tokenizer-{name}",
+            "--config", f"configs/tokenizers/{name}/{size}.yaml",
+            "--data.root", str(demo / "train"),
+            "--trainer.default_root_dir", str(runs / name),
+            "--trainer.max_time", max_time(budget[name]),
+            "--ckpt_path", "last",
+        )  # fmt: skip
+        steps.append(Step(f"tokenizer {name}", command, runs / name / "model" / "config.json"))
+    command = python(
+        "musiclm.pipelines.fit_cli", "--dataset", str(demo / "train"), "--runs", str(runs),
+        "--size", size, "--out", str(bundle),
+    )  # fmt: skip
+    steps.append(Step("codebooks + bundle", command, bundle / "bundle.json"))
+    for split in ("train", "heldout"):
+        command = python(
+            "musiclm.pipelines.tokenize_cli", "--dataset", str(demo / split),
+            "--bundle", str(bundle), "--out", str(tokens / split),
+        )  # fmt: skip
+        steps.append(Step(f"tokenize {split}", command, tokens / split / "dataset.json"))
+    for stage in STAGES:
+        command = python(
+            "musiclm.training.cli", f"stage-{stage}",
+            "--config", f"configs/stages/{stage}/{size}.yaml",
+            "--data.root", str(tokens / "train"),
+            "--trainer.default_root_dir", str(runs / stage),
+            "--trainer.max_time", max_time(budget[f"stage-{stage}"]),
+            "--ckpt_path", "last",
+        )  # fmt: skip
+        steps.append(Step(f"stage {stage}", command, runs / stage / DONE_MARK, mark_done=True))
+    return steps
+
+
+def sample_step(args: argparse.Namespace, prompts: list[str]) -> Step:
+    runs = Path(args.runs)
+    out = runs / "samples" / "demo" / "demo.wav"
+    command = python(
+        "musiclm.sampling.cli", "--bundle", str(runs / "bundle"), "--runs", str(runs),
+        "--seconds", str(args.seconds), "--out", str(out), "--seed", str(args.seed),
+        "--threads", "1",
+    )  # fmt: skip
+    for prompt in prompts:
+        command += ["--text", prompt]
+    last = out.with_name(f"demo_{len(prompts) - 1}.json")
+    return Step("sample 3 prompts", command, last)
+
+
+def eval_step(args: argparse.Namespace) -> Step:
+    runs = Path(args.runs)
+    command = python(
+        "musiclm.sampling.eval_cli", "--generated", str(runs / "samples" / "demo"),
+        "--reference", str(Path(args.demo) / "heldout"), "--bundle", str(runs / "bundle"),
+        "--noise-baseline", "--window-seconds", str(args.eval_window), "--out", str(runs / "eval"),
+    )  # fmt: skip
+    return Step("evaluation", command, runs / "eval" / "metrics.json")
+
+
+def run_step(step: Step) -> None:
+    """Run ``step`` unless its output exists; stream its output; stop the demo on failure."""
+    if step.output.exists():
+        step.status = "skipped (output exists)"
+        print(f"\n=== {step.name}: skipped, {step.output} exists", flush=True)
+        return
+    print(f"\n=== {step.name}\n$ {' '.join(step.command)}", flush=True)
+    started = time.perf_counter()
+    result = subprocess.run(step.command, check=False)
+    step.seconds = round(time.perf_counter() - started, 1)
+    if result.returncode != 0:
+        step.status = f"failed (exit {result.returncode})"
+        sys.exit(
+            f"demo: step '{step.name}' failed with exit code {result.returncode} after "
+            f"{step.seconds} s; fix the error above and rerun `make demo` (finished steps are kept)"
+        )
+    if step.mark_done:
+        step.output.parent.mkdir(parents=True, exist_ok=True)
+        step.output.write_text(json.dumps({"seconds": step.seconds}))
+    step.status = "done"
+    print(f"=== {step.name}: done in {step.seconds} s", flush=True)
+
+
+def summary(args: argparse.Namespace, steps: list[Step], prompts: list[str]) -> dict:
+    runs = Path(args.runs)
+    metrics = json.loads((runs / "eval" / "metrics.json").read_text())
+    mcc = metrics.get("mcc") or {}
+    return {
+        "steps": {s.name: {"status": s.status, "seconds": s.seconds} for s in steps},
+        "prompts": prompts,
+        "figures": {
+            "mcc_own_prompt": mcc.get("own"),
+            "mcc_other_prompts": mcc.get("others"),
+            "fad_generated_vs_heldout": metrics["fad"].get("generated"),
+            "fad_noise_vs_heldout": metrics["fad"].get("noise"),
+            "kld_tags": metrics.get("kld"),
+        },
+        "outputs": {
+            "demo music": str(Path(args.demo)),
+            "bundle": str(runs / "bundle"),
+            "shards": str(runs / "tokens"),
+            "stages": {s: str(runs / s) for s in STAGES},
+            "samples": [
+                str(runs / "samples" / "demo" / f"demo_{i}.wav") for i in range(len(prompts))
+            ],
+            "report": str(runs / "eval" / "report.md"),
+            "plot": str(runs / "eval" / "report.png"),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="musiclm-demo", description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
+    parser.add_argument("--demo", default="data/demo", help="demo music folder")
+    parser.add_argument("--runs", default="runs", help="folder for every output")
+    parser.add_argument("--size", default="small", help="config size: tiny | small | paper")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="x training budgets")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per sample")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-window", type=float, default=5.0, help="FAD window seconds")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    steps = build_steps(args)
+    for step in steps:
+        run_step(step)
+    prompts = pick_prompts(Path(args.demo) / "heldout")
+    for step in (sample_step(args, prompts), eval_step(args)):
+        steps.append(step)
+        run_step(step)
+    report = summary(args, steps, prompts)
+    report["total_seconds"] = round(time.perf_counter() - started, 1)
+    path = Path(args.runs) / "demo-summary.json"
+    path.write_text(json.dumps(report, indent=2))
+    print("\n=== demo finished\n" + json.dumps(report, indent=2))
+    print(f"\nsummary: {path}\nreport:  {report['outputs']['report']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""make demo's plan: budgets, prompts from held-out captions, skip-if-done and resume."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import pytest
+from musiclm.sampling import demo
+
+
+def args_for(tmp_path):
+    return argparse.Namespace(
+        demo=str(tmp_path / "demo"), runs=str(tmp_path / "runs"), size="small",
+        time_scale=2.0, seconds=10.0, seed=0, eval_window=5.0,
+    )  # fmt: skip
+
+
+def test_max_time_format():
+    assert demo.max_time(1.5) == "00:00:01:30"
+    assert demo.max_time(75) == "00:01:15:00"
+
+
+def test_steps_cover_the_pipeline_with_budgets_and_resume(tmp_path):
+    steps = demo.build_steps(args_for(tmp_path))
+    names = [s.name for s in steps]
+    assert names == [
+        "demo music", "tokenizer soundstream", "tokenizer semantic", "tokenizer mulan",
+        "codebooks + bundle", "tokenize train", "tokenize heldout",
+        "stage semantic", "stage coarse", "stage fine",
+    ]  # fmt: skip
+    coarse = steps[names.index("stage coarse")].command
+    assert coarse[:3] == [sys.executable, "-m", "musiclm.training.cli"]
+    assert coarse[coarse.index("--config") + 1] == "configs/stages/coarse/small.yaml"
+    # budget x time_scale 2
+    assert coarse[coarse.index("--trainer.max_time") + 1] == demo.max_time(4.0)
+    assert coarse[coarse.index("--ckpt_path") + 1] == "last"  # a rerun resumes
+
+
+def test_a_step_with_outputs_is_skipped_and_a_failure_stops_the_demo(tmp_path, capsys):
+    out = tmp_path / "done.json"
+    out.write_text("{}")
+    step = demo.Step("x", [sys.executable, "-c", "raise SystemExit(3)"], out)
+    demo.run_step(step)
+    assert step.status.startswith("skipped")
+    failing = demo.Step("y", [sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "no")
+    with pytest.raises(SystemExit, match="step 'y' failed with exit code 3"):
+        demo.run_step(failing)
+    marked = demo.Step("z", [sys.executable, "-c", "print('hi')"], tmp_path / "z" / "mark", True)
+    demo.run_step(marked)
+    assert marked.status == "done" and json.loads(marked.output.read_text())["seconds"] >= 0
+
+
+def test_prompts_come_from_different_sources(tmp_path):
+    heldout = tmp_path / "heldout"
+    for source, captions in {"bach": ["chorale A", "chorale B"], "folk": ["folk A"],
+                             "wesnoth": ["game A"]}.items():  # fmt: skip
+        (heldout / source).mkdir(parents=True)
+        for i, caption in enumerate(captions):
+            (heldout / source / f"{i}.json").write_text(json.dumps({"caption": caption}))
+    assert demo.pick_prompts(heldout) == ["chorale A", "folk A", "game A"]
+    with pytest.raises(SystemExit, match="only 4 captioned pieces"):
+        demo.pick_prompts(heldout, count=5)

@@ -49,7 +49,7 @@ import soundfile as sf
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 OPENMSX_DIR = Path("/usr/share/games/openttd/baseset/openmsx")
 WESNOTH_DIR = Path("/usr/share/games/wesnoth/1.16/data/core/music")
@@ -281,11 +281,17 @@ _FILE_NAME = re.compile(r"\.(mxl|xml|musicxml|krn|abc)$", re.I)
 
 def _score_midi(piece: Piece, midi_path: Path) -> dict[str, Any]:
     """Write the corpus score to MIDI; return title facts from its metadata."""
-    from music21 import corpus, tempo
+    from music21 import corpus, key, meter, tempo
 
     score = corpus.parse(piece.origin, number=piece.number)
     for mark in list(score.recurse().getElementsByClass(tempo.MetronomeMark)):
         mark.activeSite.remove(mark)
+    # some ABC tunes parse with one signature object in two measures; MIDI export refuses it
+    seen: set[int] = set()
+    for sig in list(score.recurse().getElementsByClass((meter.TimeSignature, key.KeySignature))):
+        if id(sig) in seen:
+            sig.activeSite.remove(sig)
+        seen.add(id(sig))
     score.write("midi", fp=str(midi_path))
     if piece.source == "bach":
         return {"title": "BWV " + Path(piece.origin).stem.removeprefix("bwv")}

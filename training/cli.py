@@ -16,6 +16,7 @@ which is what ``make tokenizers`` packs into the bundle.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -25,6 +26,10 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 ENTRIES: dict[str, tuple[str, str]] = {
     "tokenizer-mulan": (
         "musiclm.training.mulan_trainer:MuLanModule",
+        "musiclm.training.audio_data:AudioCropDataModule",
+    ),
+    "tokenizer-soundstream": (
+        "musiclm.training.soundstream_trainer:SoundStreamModule",
         "musiclm.training.audio_data:AudioCropDataModule",
     ),
     "stage-semantic": (
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         save_config_kwargs={"overwrite": True},
     )
     if hasattr(cli.model, "run_config"):  # stage modules keep the full config in checkpoints
-        cli.model.run_config = cli.config.clone().as_dict()
+        cli.model.run_config = json.loads(json.dumps(cli.config.clone().as_dict(), default=str))
     root = Path(cli.trainer.default_root_dir)
     ckpt_path = cli.config.get("ckpt_path")
     if ckpt_path == "last":

@@ -2,8 +2,9 @@
 
 Until real tokenized music is at hand these are written from *structured* random tokens:
 each source has a style; its MuLan tokens name the style, its semantic ids follow a
-style-specific Markov chain, its coarse RVQ levels are a function of the semantic ids and
-the style, and its fine levels a function of the coarse ones (plus noise). So a stage can
+style-specific Markov chain, its first RVQ level lies in a style-specific quarter of the
+codebook at an offset given by the semantic id, each further level is a function of the
+level before, and every stream has random noise tokens. So a stage can
 only beat the unigram entropy by learning, and only the semantic/coarse stages' held-out
 loss depends on the MuLan tokens.
 """
@@ -55,7 +56,11 @@ def synthetic_clip(spec: TokenSpec, style: int, frames: int, rng: np.random.Gene
     t_a = frames * r
     sem_a = np.repeat(semantic, r)
     acoustic = np.empty((spec.acoustic_levels, t_a), dtype=np.int64)
-    acoustic[0] = (3 * sem_a + 5 * style + np.arange(t_a) % r) % k
+    block = k // 4  # the style picks a quarter of the codebook; noise hides it from context
+    noisy = rng.random(t_a) < 0.3
+    acoustic[0] = np.where(
+        noisy, rng.integers(0, k, t_a), (style % 4) * block + (sem_a + np.arange(t_a) % r) % block
+    )
     for q in range(1, spec.acoustic_levels):
         flip = rng.random(t_a) < 0.1
         acoustic[q] = np.where(flip, rng.integers(0, k, t_a), (acoustic[q - 1] * 7 + q) % k)

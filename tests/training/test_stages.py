@@ -68,7 +68,8 @@ def test_condition_dropout_reaches_the_null_tokens(token_dataset):
     for p, expect in ((1.0, True), (0.0, False)):
         module = built("semantic", data, cond_dropout=p)
         module.log = module.log_dict = lambda *a, **k: None
-        module.optimizers = lambda: torch.optim.SGD(module.parameters(), lr=0.1)
+        sgd = torch.optim.SGD(module.parameters(), lr=0.1)
+        module.optimizers = lambda sgd=sgd: sgd
         module.training_step(batch, 0).backward()
         assert bool(module.model.embedding.weight.grad[nulls].any()) == expect
 
@@ -90,7 +91,7 @@ def unigram_entropy(data) -> float:
 
 def fit(stage, root, tmp_path, steps):
     pl.seed_everything(0)
-    data = data_for(stage, root)
+    data = data_for(stage, root, crop_seconds=0.4 if stage == "coarse" else STAGES[stage][2])
     module = STAGES[stage][0](**TINY, lr=3e-3, warmup_steps=10, cond_dropout=0.1)
     trainer = pl.Trainer(
         max_steps=steps,
@@ -105,7 +106,7 @@ def fit(stage, root, tmp_path, steps):
     trainer.fit(module, datamodule=data)
     trainer.limit_val_batches = 1.0
     (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
-    return data, module, metrics
+    return data, metrics
 
 
 @pytest.mark.slow
@@ -113,7 +114,7 @@ def fit(stage, root, tmp_path, steps):
 def test_held_out_loss_falls_below_unigram_entropy_and_uses_conditioning(
     stage, token_dataset, tmp_path
 ):
-    data, module, metrics = fit(stage, token_dataset, tmp_path, steps=80)
+    data, metrics = fit(stage, token_dataset, tmp_path, steps=120 if stage == "coarse" else 80)
     entropy = unigram_entropy(data)
     print(stage, {k: round(float(v), 3) for k, v in metrics.items()}, "unigram", round(entropy, 3))
     assert metrics["val/loss"] < 0.8 * entropy
@@ -233,7 +234,8 @@ def test_killed_run_resumes_from_its_checkpoint_step(token_dataset, tmp_path):
     assert second.returncode == 0, out
     resumed = logged_steps(run)[-1]
     assert resumed[0] == 20 and max(resumed) == 29  # steps 20..29 (0-based) after the resume
-    assert torch.load(next(run.rglob("last.ckpt")), weights_only=True)["global_step"] == 30
+    last = max(run.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    assert torch.load(last, weights_only=True)["global_step"] == 30
 
 
 @pytest.mark.slow
@@ -252,6 +254,8 @@ def test_two_process_ddp_on_cpu_trains_and_ranks_read_different_shards(token_dat
     config.write_text(
         "trainer:\n  callbacks:\n    - class_path: record_shards.RecordShards\n"
         f"      init_args:\n        out: {tmp_path}\n"
+        "    - class_path: pytorch_lightning.callbacks.ModelCheckpoint\n"
+        "      init_args:\n        save_last: true\n"
     )
     run = cli(
         "--config",

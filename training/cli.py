@@ -24,6 +24,10 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 # entry -> ("module:LightningModule", "module:LightningDataModule")
 ENTRIES: dict[str, tuple[str, str]] = {
+    "tokenizer-semantic": (
+        "musiclm.training.semantic_trainer:SemanticModule",
+        "musiclm.training.audio_data:AudioCropDataModule",
+    ),
     "tokenizer-mulan": (
         "musiclm.training.mulan_trainer:MuLanModule",
         "musiclm.training.audio_data:AudioCropDataModule",

@@ -75,7 +75,7 @@ def test_rejects_centroids_that_do_not_fit(fitted):
     tok = SemanticTokenizer.tiny(SPEC)
     with pytest.raises(ValueError, match=r"centroids must be \[K, 32\]"):
         tok.set_centroids(np.zeros((4, 5), np.float32))
-    with pytest.raises(ValueError, match="do not fit spec.semantic_vocab 32"):
+    with pytest.raises(ValueError, match=r"do not fit spec\.semantic_vocab 32"):
         tok.set_centroids(np.zeros((33, tok.dim), np.float32))
 
 

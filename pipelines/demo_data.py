@@ -21,7 +21,7 @@ Each MIDI piece gets a seeded General MIDI instrument and tempo, is cut after
 or flac at 32, 44.1 or 48 kHz. Its caption states what was rendered: composer or
 collection, genre, instrument (the program set on every melodic channel of the ``.mid``
 kept beside the audio), tempo word (from the rendered bpm) and key/mode (music21's
-Krumhansl-Schmuckler analysis of the notes, given only when the correlation is clear).
+key analysis (Aarden-Essen) of the whole score's notes, given only when the correlation is clear).
 Recorded pieces are captioned from their Vorbis comments (title, artist, genre, album).
 """
 
@@ -35,6 +35,7 @@ import os
 import random
 import re
 import shutil
+import string
 import sys
 import tempfile
 import time
@@ -49,7 +50,7 @@ import soundfile as sf
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = 4
+BUILDER_VERSION = 5
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 OPENMSX_DIR = Path("/usr/share/games/openttd/baseset/openmsx")
 WESNOTH_DIR = Path("/usr/share/games/wesnoth/1.16/data/core/music")
@@ -252,7 +253,10 @@ def _article(phrase: str) -> str:
 
 
 def estimate_key(weights: np.ndarray) -> tuple[str, float]:
-    """('G major', correlation) from [12] pitch-class durations (music21's K-S analysis)."""
+    """('G major', correlation) from [12] pitch-class durations.
+
+    music21's default key analysis (Aarden-Essen profiles, as ``Score.analyze('key')``).
+    """
     from music21 import analysis, note, stream
 
     notes = stream.Stream()
@@ -261,7 +265,7 @@ def estimate_key(weights: np.ndarray) -> tuple[str, float]:
             notes.append(note.Note(60 + pc, quarterLength=max(0.25, round(weight * 4) / 4)))
     if not len(notes):
         return "", 0.0
-    key = analysis.discrete.KrumhanslSchmuckler().getSolution(notes)
+    key = analysis.discrete.AardenEssen().getSolution(notes)
     tonic = key.tonic.name.replace("-", "-flat").replace("#", "-sharp")
     return f"{tonic} {key.mode}", float(key.correlationCoefficient)
 
@@ -301,7 +305,7 @@ def _score_midi(piece: Piece, midi_path: Path) -> dict[str, Any]:
         (n.strip() for n in names if n and not _FILE_NAME.search(n) and not n.strip().isdigit()),
         "",
     )
-    return {"title": title.title() if title.isupper() else title}
+    return {"title": string.capwords(title) if title.isupper() else title}
 
 
 def _render_caption(piece: Piece, arrangement: str, facts: Any, title: str) -> dict[str, Any]:

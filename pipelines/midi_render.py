@@ -33,7 +33,8 @@ class MidiFacts:
 
     ``programs``: melodic channel -> GM program (0-based); ``drums``: channel 10 has notes;
     ``bpm``: starting tempo; ``seconds``: time of the last note-off;
-    ``pitch_weights``: [12] seconds of sounding notes per pitch class (drums excluded).
+    ``pitch_weights``: [12] seconds of sounding notes per pitch class in the whole piece
+    (before any cut; drums excluded).
     """
 
     programs: dict[int, int]
@@ -144,11 +145,12 @@ def arrange_midi(
     order = sorted(firsts, key=lambda ch: (firsts[ch], ch))
     assigned = {ch: programs[i % len(programs)] for i, ch in enumerate(order)} if programs else {}
 
-    weights = np.zeros(12)
+    weights = _pitch_weights(tracks, tempo)  # of the whole piece: its key, not a cut's
     final: dict[int, int] = {}
     drums, last_tick = False, 0
     for index, timed in enumerate(tracks):
-        held: dict[tuple[int, int], list[int]] = {}
+        sounding: dict[tuple[int, int], int] = {}  # notes started before the cutoff
+        dropped: dict[tuple[int, int], int] = {}  # notes starting after it
         kept: list[tuple[int, midi.MidiEvent]] = []
         channels = set()
         for tick, event in timed:
@@ -156,22 +158,24 @@ def arrange_midi(
             if kind == _PROGRAM and programs and event.channel != DRUM_CHANNEL:
                 # silent channels too, so the file names no instrument that is not heard
                 event.data = assigned.get(event.channel, programs[0])
+            late = cutoff is not None and tick >= cutoff
             if kind == _ON and event.velocity:
-                if cutoff is not None and tick >= cutoff:
+                note = (event.channel, event.pitch)
+                if late:
+                    dropped[note] = dropped.get(note, 0) + 1
                     continue
-                held.setdefault((event.channel, event.pitch), []).append(tick)
+                sounding[note] = sounding.get(note, 0) + 1
                 channels.add(event.channel)
                 drums |= event.channel == DRUM_CHANNEL
-            elif kind == _OFF or (kind == _ON and not event.velocity):
-                starts = held.get((event.channel, event.pitch))
-                if not starts:
-                    continue  # its note-on was cut
-                start = starts.pop(0)
+            elif kind in (_OFF, _ON):  # a note-off (or a note-on of velocity 0)
+                note = (event.channel, event.pitch)
+                if sounding.get(note, 0) > 0:
+                    sounding[note] -= 1
+                elif late and dropped.get(note, 0) > 0:
+                    dropped[note] -= 1
+                    continue  # the end of a note that was cut
                 last_tick = max(last_tick, tick)
-                if event.channel != DRUM_CHANNEL:
-                    span = tempo.seconds(tick) - tempo.seconds(start)
-                    weights[event.pitch % 12] += span
-            elif cutoff is not None and tick > cutoff and kind != _END and kind != _PROGRAM:
+            elif late and tick > cutoff and kind not in (_END, _PROGRAM):
                 continue
             if kind == _END:
                 tick = max(tick if cutoff is None else min(tick, cutoff), last_tick)
@@ -197,6 +201,26 @@ def arrange_midi(
         seconds=float(tempo.seconds(last_tick)),
         pitch_weights=weights,
     )
+
+
+def _pitch_weights(tracks: list[list[tuple[int, midi.MidiEvent]]], tempo: _TempoMap) -> np.ndarray:
+    """[12] seconds of sounding melodic notes per pitch class, over every track."""
+    weights = np.zeros(12)
+    for timed in tracks:
+        held: dict[tuple[int, int], list[int]] = {}
+        # note-ons before note-offs of the same tick: a zero-length (grace) note pairs with
+        # its own off, a repeated note's off with the earlier on
+        ordered = sorted(timed, key=lambda te: (te[0], not (te[1].type == _ON and te[1].velocity)))
+        for tick, event in ordered:
+            if event.channel == DRUM_CHANNEL or event.type not in (_ON, _OFF):
+                continue
+            note = (event.channel, event.pitch)
+            if event.type == _ON and event.velocity:
+                held.setdefault(note, []).append(tick)
+            elif held.get(note):
+                start = held[note].pop(0)
+                weights[event.pitch % 12] += tempo.seconds(tick) - tempo.seconds(start)
+    return weights
 
 
 def _first_program(timed: list[tuple[int, midi.MidiEvent]], channel: int) -> int:

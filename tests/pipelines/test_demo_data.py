@@ -109,3 +109,17 @@ def test_missing_packages_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     )
     with pytest.raises(SystemExit, match=r"apt-get install wesnoth-1\.16-music"):
         build_demo(tmp_path / "out", Settings(max_pieces=1, sources=("wesnoth",)))
+
+
+@pytest.mark.slow
+def test_key_in_caption_agrees_with_music21_on_the_score(tmp_path: Path) -> None:
+    from music21 import corpus
+
+    for name in ("mozart/k80/movement3", "bach/bwv10.7"):
+        score = corpus.parse(name)
+        score.write("midi", fp=str(tmp_path / "score.mid"))
+        facts = arrange_midi(tmp_path / "score.mid", tmp_path / "cut.mid", [0], max_seconds=8)
+        expected = score.analyze("key")
+        key, confidence = demo_data.estimate_key(facts.pitch_weights)
+        assert key.lower() == f"{expected.tonic.name} {expected.mode}".lower(), name
+        assert confidence == pytest.approx(expected.correlationCoefficient, abs=0.05)

@@ -484,19 +484,22 @@ def _select(settings: Settings, source: str) -> Iterator[Piece]:
 def build_demo(
     out: str | Path, settings: Settings | None = None, workers: int = 2, overwrite: bool = False
 ) -> dict[str, Any]:
-    """Build the demo dataset into ``out`` (reused when its stamp matches) and return the stamp."""
+    """Build the demo dataset into ``out`` and return its stamp.
+
+    A demo already in ``out`` with the same settings and builder version is reused unless
+    ``overwrite``; one built otherwise is replaced; a folder that is not a demo is refused.
+    """
     settings = settings or Settings()
     out = Path(out)
     wanted = {"version": BUILDER_VERSION, "settings": _settings_dict(settings)}
     stamp_path = out / STAMP
     if stamp_path.is_file():
         stamp = json.loads(stamp_path.read_text())
-        if {k: stamp.get(k) for k in wanted} == wanted:
+        if {k: stamp.get(k) for k in wanted} == wanted and not overwrite:
             log.info("%s is up to date (same settings); reusing it", out)
             return stamp
-        if not overwrite:
-            raise SystemExit(f"{out} holds a demo built with other settings; pass --overwrite")
-    elif out.exists() and any(out.iterdir()) and not overwrite:
+        log.info("%s holds a demo built otherwise; rebuilding it", out)
+    elif out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} exists and is not a demo dataset; choose another --out")
     require_packages(settings.sources)
 
@@ -681,7 +684,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES))
     parser.add_argument("--workers", type=int, default=2, help="parallel renders")
-    parser.add_argument("--overwrite", action="store_true", help="replace a demo built otherwise")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="rebuild even if OUT is up to date"
+    )
     parser.add_argument(
         "--small-scores",
         action="store_true",

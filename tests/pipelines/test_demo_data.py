@@ -99,8 +99,15 @@ def test_build_is_reproducible_and_reused(tmp_path: Path) -> None:
     stamp = (tmp_path / "a" / demo_data.STAMP).stat().st_mtime_ns
     build_demo(tmp_path / "a", settings)  # same settings: reused, not rebuilt
     assert (tmp_path / "a" / demo_data.STAMP).stat().st_mtime_ns == stamp
-    with pytest.raises(SystemExit, match="--overwrite"):
-        build_demo(tmp_path / "a", Settings(max_pieces=1, sources=("wesnoth",)))
+    other = build_demo(
+        tmp_path / "a", Settings(max_pieces=1, max_piece_seconds=3.0, sources=("wesnoth",))
+    )
+    assert {p["source"] for p in other["pieces"]} == {"wesnoth"}  # other settings: rebuilt
+    assert not (tmp_path / "a" / "train" / "openmsx").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("not a demo")
+    with pytest.raises(SystemExit, match="not a demo dataset"):
+        build_demo(tmp_path / "mine", settings)
 
 
 def test_missing_packages_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

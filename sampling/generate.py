@@ -143,9 +143,9 @@ def generate(
         step = (torch.cat([token, token]) if use_guidance else token)[:, None].to(rows.device)
         if use_cache:
             logits = model(step, cache=cache)[:, -1]
-        else:
+        else:  # recompute every position, project only the last one
             sequence = torch.cat([sequence, step], dim=1)
-            logits = model(sequence)[:, -1]
+            logits = model.head(model.hidden(sequence)[:, -1])
     return out
 
 

@@ -9,7 +9,8 @@ serves batches::
      "caption": list[str],          only with return_text=True ('' when a source has none)
      "key": list[str]}              source key of each crop
 
-Training crops are drawn at random (a uniformly chosen source, a uniform start inside it)
+Training crops are drawn at random (a source chosen in proportion to its length, a uniform
+start inside it)
 and only the crop is decoded (``load_audio(path, sr, start, end)``). A file that cannot be
 decoded is skipped with a warning naming it and another source is drawn: a broken file
 never stops training. Validation crops are fixed: the same held-out sources and offsets
@@ -44,6 +45,30 @@ def held_out(key: str, fraction: float) -> bool:
     """Whether source ``key`` belongs to the held-out fraction (stable across runs)."""
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 < fraction
+
+
+def source_seconds(records: list[SourceRecord]) -> np.ndarray:
+    """[n] seconds of each source's segment: metadata ``duration``/``seconds``, else the header.
+
+    A source whose header cannot be read gets weight 0 (it would be skipped anyway).
+    """
+    out = np.zeros(len(records))
+    for i, record in enumerate(records):
+        if record.start is not None and record.end is not None:
+            out[i] = record.end - record.start
+            continue
+        known = record.metadata.get("duration") or record.metadata.get("seconds")
+        try:
+            total = float(known) if known else audio_info(record.path).seconds
+        except (AudioError, TypeError, ValueError) as err:
+            log.warning("skipping broken audio source %s: %s", record.key, err)
+            continue
+        out[i] = max(0.0, min(record.end or total, total) - (record.start or 0.0))
+    if not out.any():
+        raise RuntimeError(
+            f"none of the {len(records)} audio sources could be decoded; check the dataset"
+        )
+    return out
 
 
 class _Crops(Dataset):
@@ -107,11 +132,21 @@ class _Crops(Dataset):
 
 
 class RandomCrops(_Crops):
-    """``length`` random crops per epoch; item ``i`` draws from (seed, process seed, i, call)."""
+    """``length`` random crops per epoch; item ``i`` draws from (seed, process seed, i, call).
 
-    def __init__(self, records: list[SourceRecord], length: int, **kwargs: Any) -> None:
+    A source is drawn with probability ``weights`` (default uniform), its offset uniformly.
+    """
+
+    def __init__(
+        self,
+        records: list[SourceRecord],
+        length: int,
+        weights: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(records, **kwargs)
         self.length = length
+        self.weights = None if weights is None else np.asarray(weights) / np.sum(weights)
         self._calls = 0
 
     def __len__(self) -> int:
@@ -122,7 +157,7 @@ class RandomCrops(_Crops):
         # torch's process seed differs per worker and epoch, so crops differ between epochs
         rng = np.random.default_rng([self.seed, torch.initial_seed() % 2**63, i, self._calls])
         for _ in range(MAX_ATTEMPTS):
-            item = self._try(int(rng.integers(len(self.records))), rng)
+            item = self._try(int(rng.choice(len(self.records), p=self.weights)), rng)
             if item is not None:
                 return item
         raise RuntimeError(
@@ -164,6 +199,9 @@ class AudioCropDataModule(pl.LightningDataModule):
         heldout: a held-out dataset path; ``None`` finds one (see the module doc).
         heldout_fraction: share of sources held out when no held-out folder exists.
         return_text: put each crop's caption into the batch.
+        weight_by_duration: draw sources in proportion to their length (every second of
+            audio equally likely; lengths from the source's metadata ``duration``/``seconds``
+            or the file header); else every source equally often.
     """
 
     def __init__(
@@ -179,6 +217,7 @@ class AudioCropDataModule(pl.LightningDataModule):
         heldout: str | None = None,
         heldout_fraction: float = 0.1,
         return_text: bool = True,
+        weight_by_duration: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -193,6 +232,7 @@ class AudioCropDataModule(pl.LightningDataModule):
         self.heldout = heldout
         self.heldout_fraction = heldout_fraction
         self.return_text = return_text
+        self.weight_by_duration = weight_by_duration
         self.train_records: list[SourceRecord] = []
         self.val_records: list[SourceRecord] = []
 
@@ -249,7 +289,8 @@ class AudioCropDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        data = RandomCrops(self.train_records, self.crops_per_epoch, **self._kwargs())
+        weights = source_seconds(self.train_records) if self.weight_by_duration else None
+        data = RandomCrops(self.train_records, self.crops_per_epoch, weights, **self._kwargs())
         return self._loader(data, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:

@@ -111,7 +111,12 @@ def test_broken_file_is_skipped_with_a_warning(
 def test_nothing_decodable_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "broken.wav").write_bytes(b"not audio")
     dm = AudioCropDataModule(str(tmp_path), 16000, heldout_fraction=0.0, crops_per_epoch=1)
-    with pytest.raises(RuntimeError, match="could not be decoded"):
+    with pytest.raises(RuntimeError, match="none of the 1 audio sources could be decoded"):
+        next(iter(dm.train_dataloader()))
+    dm = AudioCropDataModule(
+        str(tmp_path), 16000, heldout_fraction=0.0, crops_per_epoch=1, weight_by_duration=False
+    )
+    with pytest.raises(RuntimeError, match="in a row could not be decoded"):
         next(iter(dm.train_dataloader()))
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(ValueError, match="no training audio"):
@@ -130,3 +135,15 @@ def test_heldout_fraction_is_deterministic_and_disjoint(tmp_path: Path) -> None:
     assert (train, val) == again and not train & val and len(train) + len(val) == 40
     assert 3 <= len(val) <= 18
     assert all(held_out(k, 0.25) for k in val)
+
+
+def test_sources_are_drawn_in_proportion_to_their_length(tmp_path: Path) -> None:
+    _tone(tmp_path / "long.wav", 9.0)
+    _tone(tmp_path / "short.wav", 1.0)
+    common = dict(crop_seconds=0.2, batch_size=50, crops_per_epoch=400, heldout_fraction=0.0)
+    weighted = AudioCropDataModule(str(tmp_path), 16000, **common)
+    keys = [k for b in weighted.train_dataloader() for k in b["key"]]
+    assert 0.8 < sum(k.startswith("long-") for k in keys) / len(keys) < 0.98
+    uniform = AudioCropDataModule(str(tmp_path), 16000, weight_by_duration=False, **common)
+    keys = [k for b in uniform.train_dataloader() for k in b["key"]]
+    assert 0.38 < sum(k.startswith("long-") for k in keys) / len(keys) < 0.62

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -182,6 +183,13 @@ def missing_packages(sources: tuple[str, ...]) -> list[str]:
 
 def require_packages(sources: tuple[str, ...]) -> None:
     """Raise ``SystemExit`` naming the Debian packages to install, if any is missing."""
+    if {"bach", "folk", "quartet", "openmsx"} & set(sources) and not importlib.util.find_spec(
+        "music21"
+    ):
+        raise SystemExit(
+            "The demo music needs the Python package music21 (the scores and MIDI handling): "
+            "`make install` installs it, or `.venv/bin/pip install -e '.[demo]'`."
+        )
     missing = missing_packages(sources)
     if not missing:
         return

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from musiclm.pipelines import fit_cli
 from musiclm.pipelines.sources import read_sources
 from musiclm.tokenizers.contract import TokenSpec
@@ -28,6 +29,18 @@ TINY_SPEC = TokenSpec(
     mulan_dim=16,
 )
 FAST_BEAM = ["--direct_running_mode=in_memory"]
+# One torch thread per model call: the in-memory runner tokenizes in the test process,
+# and on a shared CI machine one thread is several times faster than contended ones.
+THREADS = 1
+_TORCH_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The pipelines set torch's thread count in-process; give other tests theirs back."""
+    yield
+    torch.set_num_threads(_TORCH_THREADS)
+
 
 # name -> (what it is, expected outcome). Outcome "ok" = tokenized, else the failure text.
 BAD_INPUTS = {
@@ -78,7 +91,7 @@ def tiny_bundle(
     args = ["--dataset", str(demo_music), "--out", str(out), "--size", "tiny"]
     for name, directory in tiny_components.items():
         args += [f"--{name}", directory]
-    fit_cli.main(args + FAST_BEAM)
+    fit_cli.main([*args, "--threads", str(THREADS), *FAST_BEAM])
     return out
 
 
@@ -114,7 +127,7 @@ def awkward_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _write(root / "rate8k.wav", music(7, 8_000), 8_000)
     _write(root / "rate96k.flac", music(5, 96_000), 96_000)
     _write(root / "six_channel.wav", music(6, 48_000, channels=6), 48_000)
-    _write(root / "twenty_minutes.flac", music(20 * 60, 24_000), 24_000)
+    _write(root / "twenty_minutes.flac", np.tile(music(10, 24_000), 120), 24_000)
     _write(root / "flac_inside.wav", music(5, 32_000), 32_000, format="FLAC")
     _write(root / "Für Elise – ñandú 音楽.wav", music(5, 44_100), 44_100)
     _write(root / "no_caption.wav", music(5, 24_000), 24_000)
@@ -122,6 +135,21 @@ def awkward_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if name != "no_caption.wav":
             stem = name.rsplit(".", 1)[0]
             (root / f"{stem}.json").write_text(json.dumps({"caption": f"test input {stem}"}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory: pytest.TempPathFactory, demo_music: Path) -> Path:
+    """Six pieces of the demo music (one per source when possible), with their sidecars."""
+    root = tmp_path_factory.mktemp("small-demo")
+    chosen: dict[str, Path] = {}
+    for record in read_sources(Path(demo_music) / "train"):
+        source = Path(record.path).parent.name
+        chosen.setdefault(source, Path(record.path))
+    for path in list(chosen.values())[:6]:
+        for member in (path, path.with_suffix(".json")):
+            if member.exists():
+                shutil.copy(member, root / member.name)
     return root
 
 

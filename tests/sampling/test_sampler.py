@@ -97,3 +97,21 @@ def test_refuses_a_checkpoint_of_another_bundle(tiny_bundle, stage_checkpoints, 
 def test_find_checkpoint_prefers_last(stage_checkpoints):
     runs = stage_checkpoints["coarse"].parents[2]
     assert S.find_checkpoint(runs, "coarse") == stage_checkpoints["coarse"]
+
+
+@pytest.mark.slow
+def test_sixty_seconds_from_paper_windows(tiny_bundle, tmp_path):
+    """60 s from 30 s semantic windows (15 s prefix), 10 s coarse and 3 s fine windows."""
+    stages = {}
+    for stage, crop in {"semantic": 30.0, "coarse": 10.0, "fine": 3.0}.items():
+        save_stage(tmp_path / f"{stage}.ckpt", stage, SPEC, tiny_bundle.fingerprint, crop)
+        stages[stage] = S.load_stage_model(tmp_path / f"{stage}.ckpt", stage)
+    sampler = S.Sampler(tiny_bundle, stages)
+    out = sampler.generate(PROMPTS[:1], 60.0, seed=0, progress=False)
+    assert out.audio.shape == (1, 60 * SPEC.sample_rate)
+    joins = sampler.joins(60.0)
+    assert joins["semantic"] == [30.0, 45.0]
+    times = sorted({t for stage_joins in joins.values() for t in stage_joins})
+    seams = join_discontinuity(out.audio[0], SPEC.sample_rate, times)
+    print("join discontinuity (60 s, paper windows):", seams)
+    assert seams["join"] <= seams["within_p95"], seams

@@ -247,10 +247,11 @@ class ResidualVectorQuantizer(nn.Module):
     def ema_statistics(self, vectors_per_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-level (usage fraction, perplexity) [Q] from the EMA code counts.
 
-        A code counts as used while its EMA count is above the dead-code threshold.
+        A code counts as used while its EMA count is above the dead-code threshold (a
+        freshly restarted code sits exactly at it until batch vectors pick it).
         """
         floor = self._dead_floor(vectors_per_batch)
-        usage = (self.ema_count >= floor).float().mean(1)
+        usage = (self.ema_count > floor).float().mean(1)
         return usage, _perplexity(self.ema_count)
 
     def _dead_floor(self, vectors_per_batch: int) -> float:

@@ -14,12 +14,30 @@ convolutions. Weights are weight-normalized, as in SEANet/SoundStream.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 DILATIONS = (1, 3, 9)
+
+
+def _init(conv: nn.Conv1d | nn.ConvTranspose1d, gain: float) -> nn.Module:
+    """Weight-normalized ``conv`` with N(0, gain^2 / fan_in) weights and zero bias.
+
+    Variance-preserving init (gain 1): with PyTorch's default init the signal shrinks at
+    every layer, the decoder's output is all bias and ignores its input, and training
+    sits for a long time at "the average spectrum" before it learns to use the codes.
+    """
+    weight = conv.weight
+    if isinstance(conv, nn.ConvTranspose1d):  # [in, out, k]: each output sees in * k / stride
+        fan_in = weight.shape[0] * weight.shape[2] / conv.stride[0]
+    else:  # [out, in / groups, k]
+        fan_in = weight.shape[1] * weight.shape[2]
+    nn.init.normal_(weight, 0.0, gain / math.sqrt(fan_in))
+    nn.init.zeros_(conv.bias)
+    return weight_norm(conv)
 
 
 class CausalConv1d(nn.Module):
@@ -32,12 +50,12 @@ class CausalConv1d(nn.Module):
         kernel_size: int,
         stride: int = 1,
         dilation: int = 1,
+        gain: float = 1.0,
     ) -> None:
         super().__init__()
         self.pad = (kernel_size - 1) * dilation + 1 - stride
-        self.conv = weight_norm(
-            nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation)
-        )
+        conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation)
+        self.conv = _init(conv, gain)
 
     def forward(self, x):
         """x [B, C_in, T] -> [B, C_out, T // stride]."""
@@ -50,9 +68,7 @@ class CausalConvTranspose1d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
         self.trim = stride
-        self.conv = weight_norm(
-            nn.ConvTranspose1d(in_channels, out_channels, 2 * stride, stride=stride)
-        )
+        self.conv = _init(nn.ConvTranspose1d(in_channels, out_channels, 2 * stride, stride), 1.0)
 
     def forward(self, x):
         """x [B, C_in, T] -> [B, C_out, T * stride]."""
@@ -105,7 +121,7 @@ class SEANetDecoder(nn.Module):
             layers += [nn.ELU(), CausalConvTranspose1d(width, width // 2, stride)]
             width //= 2
             layers += [ResidualUnit(width, d) for d in DILATIONS]
-        layers += [nn.ELU(), CausalConv1d(width, 1, 7)]
+        layers += [nn.ELU(), CausalConv1d(width, 1, 7, gain=0.1)]  # starts quiet
         self.net = nn.Sequential(*layers)
 
     def forward(self, z):

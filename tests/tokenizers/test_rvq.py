@@ -106,12 +106,12 @@ def test_quantizer_dropout_uses_fewer_levels_per_item():
     x = torch.randn(32, 8, 5)
     rvq.train()
     rvq(x)  # initializes the codebooks
-    full = rvq.decode(rvq.encode(x))
+    books = rvq.codebooks.clone()  # the forward quantizes with these, then updates them
     out = rvq(x)
+    all_levels = rvq_decode(out.codes.transpose(1, 2), books).transpose(1, 2)
     # items quantized with fewer levels differ from the all-level reconstruction
-    per_item_full = torch.isclose(out.quantized, rvq.decode(out.codes)).flatten(1).all(1)
+    per_item_full = torch.isclose(out.quantized, all_levels, atol=1e-6).flatten(1).all(1)
     assert 0 < int(per_item_full.sum()) < 32
-    assert full.shape == out.quantized.shape
 
 
 def _usage_after_shift(threshold: float) -> float:

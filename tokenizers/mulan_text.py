@@ -127,6 +127,7 @@ class TextTower(nn.Module):
             with _offline():
                 self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
                 self.encoder = AutoModel.from_pretrained(directory, local_files_only=True)
+            self.encoder.train()  # from_pretrained returns eval mode; follow the tower's mode
             width = self.encoder.config.hidden_size
         else:
             self.encoder = _SmallEncoder(config)

@@ -43,21 +43,30 @@ def contrastive_loss(
     scale: torch.Tensor,
     valid: torch.Tensor | None = None,
     all_valid: torch.Tensor | None = None,
+    groups: torch.Tensor | None = None,
+    all_groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE of local rows against gathered columns.
 
     ``audio``/``text`` ``[B, D]`` are this rank's unit embeddings, ``all_audio``/``all_text``
     ``[W*B, D]`` every rank's (this rank's rows start at ``offset``); ``scale`` is the
-    inverse temperature. Row ``i`` is positive with column ``offset + i`` only. Optional
-    ``valid [B]`` / ``all_valid [W*B]`` masks drop pairs without text from rows and columns.
+    inverse temperature. Row ``i`` is positive with column ``offset + i``. Optional
+    ``valid [B]`` / ``all_valid [W*B]`` masks drop pairs without text from rows and columns;
+    optional ``groups [B]`` / ``all_groups [W*B]`` (e.g. source ids) drop the other columns
+    of a row's own group, which are neither its positive nor true negatives (two crops of
+    one piece with one caption).
     """
     labels = torch.arange(audio.shape[0], device=audio.device) + offset
     logits_a = scale * audio @ all_text.t()
     logits_t = scale * text @ all_audio.t()
+    blocked = torch.zeros_like(logits_a, dtype=torch.bool)
     if all_valid is not None:
-        blocked = ~all_valid.bool()[None, :]
-        logits_a = logits_a.masked_fill(blocked, float("-inf"))
-        logits_t = logits_t.masked_fill(blocked, float("-inf"))
+        blocked |= ~all_valid.bool()[None, :]
+    if groups is not None and all_groups is not None:
+        blocked |= groups[:, None] == all_groups[None, :]
+        blocked[torch.arange(len(labels), device=labels.device), labels] = False
+    logits_a = logits_a.masked_fill(blocked, float("-inf"))
+    logits_t = logits_t.masked_fill(blocked, float("-inf"))
     if valid is not None:
         keep = valid.bool()
         logits_a, logits_t, labels = logits_a[keep], logits_t[keep], labels[keep]
@@ -67,9 +76,11 @@ def contrastive_loss(
 class MuLanModule(pl.LightningModule):
     """Trains a :class:`MuLanTokenizer`'s towers with a symmetric contrastive loss.
 
-    Batches are ``{"audio": FloatTensor[B, N], "text": list[str]}`` (random crops of
-    ``spec.mulan_window_seconds`` and their captions/tags); rows with empty text are left
-    out of the loss (rows and columns). A small text tower's WordPiece tokenizer is trained on the training
+    Batches are those of :class:`musiclm.training.audio_data.AudioCropDataModule` with
+    ``return_text``: ``{"wav": FloatTensor[B, N], "caption": list[str], "key": list[str]}``
+    (random crops, ``crop_seconds`` = ``spec.mulan_window_seconds``). Rows with an empty
+    caption are left out of the loss (rows and columns); other crops of a row's own source
+    are not counted as its negatives. A small text tower's WordPiece tokenizer is trained on the training
     captions at setup (and stored in checkpoints); a pretrained tower brings its own.
     ``text_lr`` is the learning rate of a pretrained text encoder (0 freezes it).
     """
@@ -132,12 +143,13 @@ class MuLanModule(pl.LightningModule):
         self, batch: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
         """Batch -> (audio [B, D], text [B, D] (zeros where empty), valid [B], texts)."""
-        wav = batch["audio"]
+        wav = batch["wav"]
         if wav.ndim == 3:  # [B, 1, N]
             wav = wav.squeeze(1)
         audio = self.mulan.audio_tower(wav)
-        valid = torch.tensor([bool(t.strip()) for t in batch["text"]], device=audio.device)
-        texts = [t for t in batch["text"] if t.strip()]
+        captions = batch["caption"]
+        valid = torch.tensor([bool(t.strip()) for t in captions], device=audio.device)
+        texts = [t for t in captions if t.strip()]
         text = audio.new_zeros(audio.shape)
         if texts:
             text = text.index_put((valid.nonzero()[:, 0],), self.mulan.text_tower(texts))
@@ -152,12 +164,23 @@ class MuLanModule(pl.LightningModule):
         all_audio = self._gather(audio, sync_grads=True)
         all_text = self._gather(text, sync_grads=True)
         all_valid = self._gather(valid, sync_grads=False)
+        sources = text_groups(batch["key"], self.device)
+        all_sources = self._gather(sources, sync_grads=False)
         offset = self.global_rank * audio.shape[0] if all_audio.shape[0] > audio.shape[0] else 0
         if not valid.any():  # keep DDP in step: a zero loss that touches every tower
             loss = 0.0 * (audio.sum() + self.log_scale)
         else:
             loss = contrastive_loss(
-                audio, text, all_audio, all_text, offset, self.scale, valid, all_valid
+                audio,
+                text,
+                all_audio,
+                all_text,
+                offset,
+                self.scale,
+                valid,
+                all_valid,
+                sources,
+                all_sources,
             )
         batch_size = max(1, len(texts))
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
@@ -166,7 +189,7 @@ class MuLanModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         audio, text, valid, _ = self._embed(batch)
-        groups = text_groups(batch["text"], self.device)
+        groups = text_groups(batch["caption"], self.device)
         self._val.append((audio, text, valid, groups))
 
     def on_validation_epoch_end(self) -> None:
@@ -179,7 +202,8 @@ class MuLanModule(pl.LightningModule):
         if len(groups) < 2:
             return
         ks = self.hparams.recall_ks
-        metrics = {"val/loss": contrastive_loss(audio, text, audio, text, 0, self.scale)}
+        loss = contrastive_loss(audio, text, audio, text, 0, self.scale, None, None, groups, groups)
+        metrics = {"val/loss": loss}
         for name, (q, c) in {
             "text_to_audio": (text, audio),
             "audio_to_text": (audio, text),

@@ -41,6 +41,7 @@ from musiclm.pipelines.model_handlers import (
     AcousticHandler,
     MulanHandler,
     SemanticHandler,
+    local_directory,
 )
 from musiclm.pipelines.progress import ProgressPrinter, ReportProgress
 from musiclm.pipelines.runner import error_text, inference_failures, is_local, pipeline_options
@@ -222,9 +223,10 @@ def tokenize_dataset(
     """
     config = config or TokenizeConfig()
     started = time.monotonic()
-    manifest = read_bundle_manifest(bundle)
+    local_bundle = local_directory(bundle)  # a gs:// bundle is copied once to verify it
+    manifest = read_bundle_manifest(local_bundle)
     actual = fingerprint_files(
-        bundle, extra={"spec": manifest["spec"], "configs": manifest["configs"]}
+        local_bundle, extra={"spec": manifest["spec"], "configs": manifest["configs"]}
     )
     if actual != manifest["fingerprint"]:
         raise ValueError(

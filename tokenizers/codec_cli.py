@@ -13,7 +13,8 @@ length when the sidecar is there. ``--codec`` is a saved codec directory (its
 ``config.json`` names the kind) or a tokenizer bundle (its ``codec/`` is used).
 
 Long files are coded in windows of ``--window-seconds`` (default 30 s, a whole number of
-frames), so memory stays flat; the codec is causal, so window edges cost little.
+frames), each with 1 s of context before it, so memory stays flat and SoundStream's codes
+and audio equal those of coding the whole file at once.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from musiclm.tokenizers.audio import AudioError, load_audio
 from musiclm.tokenizers.bundle import BundleError, load_component
 from musiclm.tokenizers.contract import TOKEN_DTYPE
 
+CONTEXT_SECONDS = 1.0
+
 
 def load_codec(path: str | Path, device: str = "cpu") -> Any:
     """The codec saved at ``path``: a codec directory or a bundle root with ``codec/``."""
@@ -45,39 +48,56 @@ def load_codec(path: str | Path, device: str = "cpu") -> Any:
 def encode_file(
     codec: Any, audio_path: str | Path, levels: int | None, window_seconds: float
 ) -> tuple[np.ndarray, int]:
-    """(int16 codes [levels, frames], input samples) of an audio file."""
+    """(int16 codes [levels, frames], input samples) of an audio file, window by window.
+
+    Each window is encoded with :data:`CONTEXT_SECONDS` of the audio before it, whose
+    frames are dropped: for a causal codec whose receptive field fits in that context
+    (SoundStream's is about 0.3 s) the codes equal those of the whole file at once.
+    """
     wav = load_audio(audio_path, codec.sample_rate)
-    window = max(1, round(window_seconds * codec.sample_rate / codec.hop)) * codec.hop
+    window = _frames(codec, window_seconds) * codec.hop
+    context = _frames(codec, CONTEXT_SECONDS) * codec.hop
     device = next(codec.parameters()).device
     parts = []
     with torch.inference_mode():
         for start in range(0, wav.numel(), window):
-            chunk = wav[start : start + window].to(device)[None, None]
-            parts.append(codec.encode(chunk, levels=levels)[0].cpu())
+            first = max(0, start - context)
+            chunk = wav[first : start + window].to(device)[None, None]
+            codes = codec.encode(chunk, levels=levels)[0]
+            parts.append(codes[:, (start - first) // codec.hop :].cpu())
     codes = torch.cat(parts, dim=-1).numpy()
     if codes.max(initial=0) > np.iinfo(TOKEN_DTYPE).max:
         raise ValueError(f"codes do not fit {np.dtype(TOKEN_DTYPE)}")
     return codes.astype(TOKEN_DTYPE), wav.numel()
 
 
+def _frames(codec: Any, seconds: float) -> int:
+    return max(1, round(seconds * codec.sample_rate / codec.hop))
+
+
 def decode_codes(
     codec: Any, codes: np.ndarray, levels: int | None, window_seconds: float
 ) -> np.ndarray:
-    """float32 audio [frames * hop] from codes [Q, frames] (the first ``levels`` used)."""
+    """float32 audio [frames * hop] from codes [Q, frames] (the first ``levels`` used).
+
+    Decoded window by window with :data:`CONTEXT_SECONDS` of codes before each window.
+    """
     if codes.ndim != 2:
         raise ValueError(f"codes must be [levels, frames], got shape {codes.shape}")
     if levels is not None:
         if not 1 <= levels <= codes.shape[0]:
             raise ValueError(f"--levels must be in 1..{codes.shape[0]} for these codes")
         codes = codes[:levels]
-    frames = max(1, round(window_seconds * codec.sample_rate / codec.hop))
+    window = _frames(codec, window_seconds)
+    context = _frames(codec, CONTEXT_SECONDS)
     device = next(codec.parameters()).device
     tensor = torch.from_numpy(codes.astype(np.int64)).to(device)
+    parts = []
     with torch.inference_mode():
-        parts = [
-            codec.decode(tensor[None, :, start : start + frames])[0, 0].cpu()
-            for start in range(0, tensor.shape[-1], frames)
-        ]
+        for start in range(0, tensor.shape[-1], window):
+            first = max(0, start - context)
+            audio = codec.decode(tensor[None, :, first : start + window])[0, 0]
+            parts.append(audio[(start - first) * codec.hop :].cpu())
     return torch.cat(parts).numpy()
 
 

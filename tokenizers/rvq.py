@@ -146,8 +146,9 @@ class ResidualVectorQuantizer(nn.Module):
         commitment_weight: weight of ``||x - sg(q)||^2`` in ``commitment_loss``.
         dead_code_threshold: a code whose EMA count falls below this fraction of a uniform
             share (``vectors per batch / K``) is dead and restarted from a batch vector.
-        quantizer_dropout: in training, each batch item uses a random number of levels in
-            ``1..Q`` so that one model serves every bitrate.
+        quantizer_dropout: in training, this share of the batch items (``True`` = all, as
+            in SoundStream; 0.5 as in DAC) uses a random number of levels in ``1..Q``, the
+            rest all ``Q``, so that one model serves every bitrate.
         kmeans_iters: Lloyd iterations of the first-batch k-means initialization (faiss).
     """
 
@@ -159,7 +160,7 @@ class ResidualVectorQuantizer(nn.Module):
         decay: float = 0.99,
         commitment_weight: float = 1.0,
         dead_code_threshold: float = 0.05,
-        quantizer_dropout: bool = True,
+        quantizer_dropout: float = 1.0,
         kmeans_iters: int = 10,
         eps: float = 1e-5,
     ) -> None:
@@ -172,7 +173,9 @@ class ResidualVectorQuantizer(nn.Module):
         self.decay = decay
         self.commitment_weight = commitment_weight
         self.dead_code_threshold = dead_code_threshold
-        self.quantizer_dropout = quantizer_dropout
+        if not 0.0 <= float(quantizer_dropout) <= 1.0:
+            raise ValueError(f"quantizer_dropout must be in [0, 1], got {quantizer_dropout}")
+        self.quantizer_dropout = float(quantizer_dropout)
         self.kmeans_iters = kmeans_iters
         self.eps = eps
         books = torch.randn(num_levels, codebook_size, dim) / math.sqrt(dim)
@@ -205,8 +208,10 @@ class ResidualVectorQuantizer(nn.Module):
         # Active level count per vector: quantizer dropout draws one per batch item.
         if levels is not None:
             active = torch.full((batch,), levels, device=x.device)
-        elif self.training and self.quantizer_dropout:
+        elif self.training and self.quantizer_dropout > 0:
             active = torch.randint(1, self.num_levels + 1, (batch,), device=x.device)
+            keep_all = torch.rand(batch, device=x.device) >= self.quantizer_dropout
+            active = active.masked_fill(keep_all, self.num_levels)
         else:
             active = torch.full((batch,), self.num_levels, device=x.device)
         active = active.repeat_interleave(frames)  # [B*T]

@@ -62,7 +62,7 @@ class SoundStream(nn.Module):
         decay: float = 0.99,
         commitment_weight: float = 1.0,
         dead_code_threshold: float = 0.05,
-        quantizer_dropout: bool = True,
+        quantizer_dropout: float = 1.0,
     ) -> None:
         super().__init__()
         strides = [int(s) for s in strides]

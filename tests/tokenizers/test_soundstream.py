@@ -92,3 +92,29 @@ def test_weights_of_another_architecture_are_refused(codec, tmp_path):
         SoundStream.load(tmp_path / "narrow")
     with pytest.raises(FileNotFoundError, match="not a saved SoundStream codec"):
         SoundStream.load(tmp_path / "nowhere")
+
+
+def test_codec_cli_round_trips_a_file_at_chosen_levels(codec, demo_music, tmp_path):
+    import soundfile as sf
+    from musiclm.tokenizers.audio import load_audio
+    from musiclm.tokenizers.codec_cli import main
+
+    source = sorted((demo_music / "heldout").rglob("*.ogg"))[0]
+    codec.save(tmp_path / "codec")
+    codes_path, out = tmp_path / "codes.npy", tmp_path / "out.wav"
+    common = ["--codec", str(tmp_path / "codec"), "--window-seconds", "5"]
+    main(["encode", *common, "--input", str(source), "--output", str(codes_path), "--levels", "4"])
+    codes = np.load(codes_path)
+    wav = load_audio(source, 24_000)
+    assert codes.dtype == TOKEN_DTYPE and codes.shape == (4, -(-wav.numel() // 480))
+    # 5 s windows with context give the codes and audio of the whole file at once
+    with torch.inference_mode():
+        whole = codec.encode(wav[None, None], levels=4)
+        whole_audio = codec.decode(whole[:, :2])[0, 0, : wav.numel()]
+    assert np.array_equal(codes, whole[0].numpy().astype(TOKEN_DTYPE))
+    main(["decode", *common, "--input", str(codes_path), "--output", str(out), "--levels", "2"])
+    audio, rate = sf.read(out, dtype="float32")
+    assert rate == 24_000 and audio.shape == (wav.numel(),)
+    np.testing.assert_allclose(audio, whole_audio.numpy(), atol=1e-5)
+    with pytest.raises(SystemExit, match=r"--levels must be in 1\.\.4"):
+        main(["decode", *common, "--input", str(codes_path), "--output", str(out), "--levels", "6"])

@@ -120,6 +120,8 @@ class TextTower(nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer: Any = None
+        self.frozen = False
+        self._cache: dict[str, torch.Tensor] = {}
         if config.kind == "pretrained":
             from transformers import AutoModel, AutoTokenizer
 
@@ -183,8 +185,33 @@ class TextTower(nn.Module):
         mask = torch.tensor([e.attention_mask for e in encoded], dtype=torch.long, device=device)
         return ids, mask
 
+    def freeze_encoder(self) -> None:
+        """Lock the encoder (LiT-style: only the projection head trains).
+
+        A locked encoder stays in eval mode, runs without gradients and its pooled output
+        is cached per prompt, so a caption seen again costs nothing.
+        """
+        self.encoder.requires_grad_(False)
+        self.frozen = True
+        self.encoder.eval()
+
+    def train(self, mode: bool = True) -> TextTower:
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
     def encoder_pooled(self, prompts: list[str]) -> torch.Tensor:
         """Prompts -> the encoder's hidden states mean-pooled over tokens ``[B, width]``."""
+        if self.frozen:
+            missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+            if missing:
+                with torch.no_grad():
+                    self._cache.update(zip(missing, self._pool(missing), strict=True))
+            return torch.stack([self._cache[p] for p in prompts])
+        return self._pool(prompts)
+
+    def _pool(self, prompts: list[str]) -> torch.Tensor:
         ids, mask = self.tokenize(prompts)
         if self.config.kind == "pretrained":
             hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state

@@ -82,7 +82,8 @@ class MuLanModule(pl.LightningModule):
     caption are left out of the loss (rows and columns); other crops of a row's own source
     are not counted as its negatives. A small text tower's WordPiece tokenizer is trained on the training
     captions at setup (and stored in checkpoints); a pretrained tower brings its own.
-    ``text_lr`` is the learning rate of a pretrained text encoder (0 freezes it).
+    ``text_lr`` is the learning rate of a pretrained text encoder; 0 locks it (only the
+    projection head trains, encoder outputs are cached per caption: the cheap CPU setting).
     """
 
     def __init__(
@@ -218,13 +219,13 @@ class MuLanModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         tower = self.mulan.text_tower
         encoder = list(tower.encoder.parameters()) if tower.config.kind == "pretrained" else []
+        if encoder and self.hparams.text_lr <= 0:
+            tower.freeze_encoder()
         encoder_ids = {id(p) for p in encoder}
         rest = [p for p in self.parameters() if id(p) not in encoder_ids]
         groups = [{"params": rest, "lr": self.hparams.lr}]
-        if encoder and self.hparams.text_lr > 0:
+        if encoder and not tower.frozen:
             groups.append({"params": encoder, "lr": self.hparams.text_lr})
-        elif encoder:
-            tower.encoder.requires_grad_(False)
         optimizer = torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay)
         warmup = max(1, self.hparams.warmup_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -9,6 +9,7 @@ import pytest
 import torch
 from musiclm.tokenizers.bundle import load_component
 from musiclm.tokenizers.contract import TOKEN_DTYPE, TokenSpec
+from musiclm.tokenizers.mulan import TINY_TEXT as TINY_TEXT_CONFIG
 from musiclm.tokenizers.mulan import MuLanTokenizer, fit_codebooks
 from musiclm.tokenizers.mulan_text import MINILM, TextTower, TextTowerConfig, resolve_checkpoint
 
@@ -171,3 +172,20 @@ def test_missing_text_checkpoint_is_a_plain_error(tmp_path) -> None:
         resolve_checkpoint("package:no_such_package_here")
     with pytest.raises(ValueError, match="needs `path`"):
         TextTowerConfig(kind="pretrained")
+
+
+def test_locked_text_encoder_gives_the_same_embeddings_and_trains_only_the_head() -> None:
+    tower = TextTower(TINY_TEXT_CONFIG)
+    tower.train_tokenizer(CAPTIONS)
+    tower.eval()
+    with torch.no_grad():
+        before = tower(CAPTIONS)
+    tower.freeze_encoder()
+    tower.train()
+    assert not tower.encoder.training and tower.proj.training
+    emb = tower(CAPTIONS[::-1] + CAPTIONS)
+    torch.testing.assert_close(emb[3:], before)
+    torch.testing.assert_close(emb[:3], before.flip(0))
+    emb.sum().backward()
+    assert tower.proj.weight.grad is not None
+    assert all(p.grad is None for p in tower.encoder.parameters())

@@ -98,3 +98,67 @@ def evaluate_folder(
         out["shared_codes_matching"] = shared[matching].mean().item()
         out["shared_codes_other"] = shared[~matching].mean().item()
     return out
+
+
+def window_embeddings(mulan: Any, root: str | Path, seconds: float = 30.0) -> torch.Tensor:
+    """Audio tower embeddings of every window (``spec`` window and stride) of the first
+    ``seconds`` of each clip under ``root``: ``[W, D]``, one tower call per clip."""
+    rate, window, stride = mulan.spec.sample_rate, mulan.window_samples, mulan.stride_samples
+    out = []
+    for record in read_folder(root):
+        start = record.start or 0.0
+        clip = load_audio(record.path, rate, start, start + seconds)
+        if len(clip) < window:
+            continue
+        with torch.inference_mode():
+            out.append(mulan.audio_tower(clip.unfold(0, window, stride)))
+    if not out:
+        raise ValueError(f"{root} has no clip of at least one MuLan window")
+    return torch.cat(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m musiclm.training.mulan_eval --model DIR --heldout DIR [--fit-on DIR]``."""
+    import argparse
+    import json
+    import warnings
+
+    import yaml
+    from musiclm.tokenizers.mulan import MuLanTokenizer, fit_codebooks
+    from musiclm.tokenizers.mulan_audio import AudioTowerConfig
+    from musiclm.tokenizers.mulan_text import TextTowerConfig
+
+    parser = argparse.ArgumentParser(description="MuLan held-out retrieval and token agreement")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="a saved MuLan directory (trainer export or bundle/mulan)")
+    model.add_argument("--untrained", help="a MuLan trainer YAML: evaluate its untrained model")
+    parser.add_argument("--heldout", required=True, help="folder of captioned held-out clips")
+    parser.add_argument("--fit-on", help="folder whose window embeddings fit RVQ codebooks")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    if args.model:
+        mulan = MuLanTokenizer.load(args.model)
+    else:
+        config = yaml.safe_load(Path(args.untrained).read_text())["model"]
+        captions = [r.caption for r in read_folder(args.fit_on or args.heldout)]
+        mulan = MuLanTokenizer.build(
+            AudioTowerConfig(**config["audio"]), TextTowerConfig(**config["text"]), None, captions
+        ).eval()
+    if args.fit_on:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            books = fit_codebooks(
+                window_embeddings(mulan, args.fit_on, args.seconds).numpy(),
+                mulan.spec.mulan_levels,
+                mulan.spec.mulan_codebook_size,
+            )
+        for warning in caught:
+            print(f"warning: {warning.message}")
+        mulan.set_codebooks(books)
+    print(json.dumps(evaluate_folder(mulan, args.heldout, args.seconds), indent=2))
+
+
+if __name__ == "__main__":
+    main()

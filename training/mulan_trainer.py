@@ -157,8 +157,11 @@ class MuLanModule(pl.LightningModule):
         return audio, text, valid, texts
 
     def _gather(self, x: torch.Tensor, sync_grads: bool) -> torch.Tensor:
-        gathered = self.all_gather(x, sync_grads=sync_grads)
-        return gathered.flatten(0, 1) if gathered.ndim == x.ndim + 1 else gathered
+        """Rows of every rank, rank-major: ``[B, ...]`` -> ``[W*B, ...]`` (bools as bools)."""
+        is_bool = x.dtype == torch.bool
+        gathered = self.all_gather(x.long() if is_bool else x, sync_grads=sync_grads)
+        gathered = gathered.flatten(0, 1) if gathered.ndim == x.ndim + 1 else gathered
+        return gathered.bool() if is_bool else gathered
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         audio, text, valid, texts = self._embed(batch)

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 from musiclm.pipelines.sources import read_folder
-from musiclm.tokenizers.audio import load_audio
 from musiclm.tokenizers.mulan import MuLanTokenizer, fit_codebooks
 from musiclm.tokenizers.mulan_audio import AudioTowerConfig
 from musiclm.tokenizers.mulan_text import TextTowerConfig
@@ -21,6 +20,7 @@ from musiclm.training.mulan_eval import (
     evaluate_folder,
     retrieval_recall,
     shared_prefix,
+    window_embeddings,
 )
 from musiclm.training.mulan_trainer import contrastive_loss
 
@@ -97,19 +97,6 @@ def _untrained_like(config: dict, captions: list[str]) -> MuLanTokenizer:
     ).eval()
 
 
-def _window_embeddings(mulan: MuLanTokenizer, folder: Path) -> torch.Tensor:
-    """Embeddings of every 10 s window (1 s stride) of the clips in ``folder``: [W, 128]."""
-    rate, window = mulan.spec.sample_rate, mulan.window_samples
-    clips = [load_audio(r.path, rate) for r in read_folder(folder)]
-    windows = [
-        c[s : s + window]
-        for c in clips
-        for s in range(0, len(c) - window + 1, mulan.stride_samples)
-    ]
-    with torch.inference_mode():
-        return mulan.audio_tower(torch.stack(windows))
-
-
 @pytest.mark.slow
 def test_trained_mulan_beats_untrained_on_heldout_music(demo_music: Path, tmp_path: Path) -> None:
     """Train the tiny config through the CLI entry, then compare on held-out demo pieces:
@@ -141,7 +128,7 @@ def test_trained_mulan_beats_untrained_on_heldout_music(demo_music: Path, tmp_pa
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the demo's codebook shrinks
             books = fit_codebooks(
-                _window_embeddings(model, demo_music / "train").numpy(),
+                window_embeddings(model, demo_music / "train").numpy(),
                 model.spec.mulan_levels,
                 model.spec.mulan_codebook_size,
             )

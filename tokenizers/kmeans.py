@@ -30,20 +30,24 @@ def fit_kmeans(
     k: int,
     *,
     seed: int = 0,
-    niter: int = 5,
-    seed_points: int = 32_768,
-    refine_points: int = 65_536,
-    refine_niter: int = 20,
+    niter: int = 3,
+    seed_points: int = 16_384,
+    refine_points: int | None = None,
+    refine_niter: int = 3,
     too_few: Literal["error", "shrink"] = "error",
     verbose: bool = False,
 ) -> np.ndarray:
     """Fit ``k`` centroids to the rows of ``x`` [N, D]; return float32 [k, D].
 
-    Three steps: greedy k-means++ seeding on ``seed_points`` random rows, ``refine_niter``
-    Lloyd iterations on ``refine_points`` random rows (all rows if there are fewer), then,
-    when there are more rows than that, ``niter`` Lloyd iterations on all rows. The result
-    depends only on ``x``, ``k`` and the parameters (same ``seed``, same centroids up to the
-    floating-point summation order of the faiss threads).
+    1. greedy k-means++ seeding on ``seed_points`` random rows (at least ``k``);
+    2. Lloyd iterations on growing random subsamples: ``refine_niter`` iterations on
+       ``refine_points`` rows (default ``32 k``), then on twice as many, and so on while
+       the subsample is smaller than ``x`` -- the early, large moves of the centroids cost
+       a fraction of a full pass;
+    3. ``niter`` Lloyd iterations on all rows (faiss).
+
+    The result depends only on ``x``, ``k`` and the parameters (same ``seed``, same
+    centroids up to the floating-point summation order of the faiss threads).
 
     With fewer rows than ``k``: ``too_few="error"`` raises ``ValueError``; ``"shrink"``
     warns and returns ``N`` centroids (callers that can live with a smaller codebook,
@@ -54,10 +58,11 @@ def fit_kmeans(
     k = usable_k(n, k, too_few=too_few)
     rng = np.random.default_rng(seed)
     centroids = kmeans_plusplus(_subsample(x, max(seed_points, k), rng), k, rng=rng)
-    part = _subsample(x, max(refine_points, k), rng)
-    if refine_niter > 0:
-        centroids = _lloyd(part, centroids, refine_niter, seed, verbose)
-    if niter > 0 and len(part) < n:
+    size = max(refine_points or 32 * k, k)
+    while refine_niter > 0 and size < n:
+        centroids = _lloyd(_subsample(x, size, rng), centroids, refine_niter, seed, verbose)
+        size *= 2
+    if niter > 0:
         centroids = _lloyd(x, centroids, niter, seed, verbose)
     return centroids
 

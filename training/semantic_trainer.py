@@ -1,6 +1,6 @@
 """Trainer of the in-project semantic model: HuBERT-style masked prediction of discrete targets.
 
-Batches are ``{"audio": FloatTensor[B, N]}`` random crops at ``spec.sample_rate``
+Batches are ``{"wav": FloatTensor[B, N], ...}`` random crops at ``spec.sample_rate``
 (:class:`musiclm.training.audio_data.AudioCropDataModule`). Each step:
 
 1. targets: every 25 Hz frame gets the id of its nearest target centroid. First iteration
@@ -78,8 +78,8 @@ class SemanticModule(pl.LightningModule):
     # ----- targets -----------------------------------------------------------------------
     @staticmethod
     def _audio(batch: Any) -> torch.Tensor:
-        """``batch["audio"]`` as float [B, N]."""
-        wav = batch["audio"] if isinstance(batch, dict) else batch
+        """``batch["wav"]`` (AudioCropDataModule's crops) as float [B, N]."""
+        wav = batch["wav"] if isinstance(batch, dict) else batch
         if wav.ndim == 3 and wav.shape[1] == 1:
             wav = wav[:, 0]
         if wav.ndim != 2:

@@ -137,6 +137,8 @@ class MuLanTokenizer(nn.Module):
         All windows of the batch go through the tower in one call: the clip's log-mel
         frames are computed once and unfolded into windows (a window's frames are exactly
         a slice of the clip's frames, since window and stride are multiples of the hop).
+        Memory grows with ``B x windows``: pass clips (the tokenize pipeline cuts them, 30 s
+        = 21 windows), not whole albums.
         """
         frames = self.audio_tower.log_mel(wav.to(self.codebook_device))
         if wav.shape[1] <= self.window_samples:

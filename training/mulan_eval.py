@@ -142,10 +142,12 @@ def main(argv: list[str] | None = None) -> None:
         mulan = MuLanTokenizer.load(args.model)
     else:
         config = yaml.safe_load(Path(args.untrained).read_text())["model"]
-        captions = [r.caption for r in read_folder(args.fit_on or args.heldout)]
-        mulan = MuLanTokenizer.build(
-            AudioTowerConfig(**config["audio"]), TextTowerConfig(**config["text"]), None, captions
-        ).eval()
+        text = TextTowerConfig(**config["text"])
+        captions = None
+        if text.kind == "small":  # its tokenizer is trained on captions, as the trainer does
+            captions = [r.caption for r in read_folder(args.fit_on or args.heldout)]
+        mulan = MuLanTokenizer.build(AudioTowerConfig(**config["audio"]), text, None, captions)
+        mulan.eval()
     if args.fit_on:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

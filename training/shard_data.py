@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,21 @@ def _keep_all(src: Iterator[Any]) -> Iterator[Any]:
     yield from src
 
 
+class SeededShuffle:
+    """Sample shuffle buffer seeded from torch's RNG when iteration starts.
+
+    Reproducible under ``seed_everything`` (DataLoader workers get distinct torch seeds),
+    and a new order every epoch; webdataset's own ``shuffle`` seeds from the clock.
+    """
+
+    def __init__(self, bufsize: int) -> None:
+        self.bufsize = bufsize
+
+    def __call__(self, src: Iterator[Any]) -> Iterator[Any]:
+        rng = random.Random(int(torch.randint(0, 2**62, ())))
+        return wds.filters.shuffle(self.bufsize, min(self.bufsize, 100), rng=rng)(src)
+
+
 class _KeySelect:
     def __init__(self, keys: set[str], keep: bool) -> None:
         self.keys, self.keep = keys, keep
@@ -268,7 +284,7 @@ class StageData(pl.LightningDataModule):
             )
             .select(_KeySelect(self.val_keys, keep=False))
             .map(SampleDecoder(self.spec, self.fingerprint, self.root))
-            .shuffle(hp.shuffle_buffer)
+            .compose(SeededShuffle(hp.shuffle_buffer))
             .map(SequenceBuilder(self.layout, self.crop_frames, random_start=True))
             .batched(hp.batch_size, collation_fn=collate_sequences, partial=False)
         )

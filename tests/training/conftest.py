@@ -3,8 +3,8 @@
 Until real tokenized music is at hand these are written from *structured* random tokens:
 each source has a style; its MuLan tokens name the style, its semantic ids follow a
 style-specific Markov chain, its first RVQ level lies in a style-specific quarter of the
-codebook at an offset given by the semantic id, each further level is a function of the
-level before, and every stream has random noise tokens. So a stage can
+codebook at an offset given by the semantic id, each further level lies in the same quarter
+at an offset given by the level before, and every stream has random noise tokens. So a stage can
 only beat the unigram entropy by learning, and only the semantic/coarse stages' held-out
 loss depends on the MuLan tokens.
 """
@@ -63,7 +63,8 @@ def synthetic_clip(spec: TokenSpec, style: int, frames: int, rng: np.random.Gene
     )
     for q in range(1, spec.acoustic_levels):
         flip = rng.random(t_a) < 0.1
-        acoustic[q] = np.where(flip, rng.integers(0, k, t_a), (acoustic[q - 1] * 7 + q) % k)
+        follow = (style % 4) * block + (acoustic[q - 1] * 7 + q) % block
+        acoustic[q] = np.where(flip, rng.integers(0, k, t_a), follow)
     emb = style_rng.standard_normal(spec.mulan_dim)
     return {"semantic": semantic, "acoustic": acoustic, "mulan": mulan, "mulan_emb": emb}
 
@@ -145,3 +146,55 @@ def make_tokens():
 @pytest.fixture(scope="session")
 def tiny_spec() -> TokenSpec:
     return TINY_SPEC
+
+
+# Token spec of the real-music dataset: small vocabularies so k-means and the RVQ codebooks
+# fit on a few minutes of music.
+DEMO_SPEC = TokenSpec(
+    acoustic_levels=4,
+    acoustic_codebook_size=64,
+    coarse_levels=2,
+    semantic_vocab=32,
+    mulan_levels=3,
+    mulan_codebook_size=8,
+    mulan_dim=16,
+)
+IN_MEMORY_BEAM = ["--direct_running_mode=in_memory"]
+
+
+@pytest.fixture(scope="session")
+def demo_tokens(tmp_path_factory, demo_music: Path) -> Path:
+    """The demo music subset tokenized by the real pipeline: tiny untrained codec, semantic
+    model (with k-means centroids fitted on the music) and MuLan (with fitted RVQ), 4 s clips
+    with a 2 s hop, train and held-out pieces together (the stage data module holds out
+    whole sources itself). Real music, real pipeline, small vocabularies."""
+    from musiclm.pipelines import fit_cli, tokenize_cli
+    from musiclm.pipelines.sources import read_sources
+    from musiclm.tokenizers.mulan import MuLanTokenizer
+    from musiclm.tokenizers.semantic import SemanticTokenizer
+    from musiclm.tokenizers.soundstream import SoundStream
+
+    root = tmp_path_factory.mktemp("demo-tokens")
+    torch.manual_seed(0)
+    captions = [r.caption for r in read_sources(demo_music) if r.caption] or ["music"]
+    SoundStream(
+        sample_rate=DEMO_SPEC.sample_rate,
+        hop=DEMO_SPEC.acoustic_hop,
+        strides=(2, 4, 6, 10),
+        channels=2,
+        dim=8,
+        num_levels=DEMO_SPEC.acoustic_levels,
+        codebook_size=DEMO_SPEC.acoustic_codebook_size,
+    ).save(root / "codec")
+    SemanticTokenizer.tiny(DEMO_SPEC).save(root / "semantic")
+    MuLanTokenizer.tiny(captions, DEMO_SPEC).save(root / "mulan")
+    bundle = root / "bundle"
+    args = ["--dataset", str(demo_music), "--out", str(bundle), "--size", "tiny"]
+    for name in ("codec", "semantic", "mulan"):
+        args += [f"--{name}", str(root / name)]
+    fit_cli.main(args + IN_MEMORY_BEAM)
+    out = root / "tokens"
+    paths = ["--dataset", str(demo_music), "--bundle", str(bundle), "--out", str(out)]
+    clips = ["--clip_seconds", "4", "--hop_seconds", "2", "--min_seconds", "2"]
+    tokenize_cli.main([*paths, *clips, "--num_shards", "4", "--threads", "1", *IN_MEMORY_BEAM])
+    return out

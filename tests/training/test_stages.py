@@ -74,24 +74,32 @@ def test_condition_dropout_reaches_the_null_tokens(token_dataset):
         assert bool(module.model.embedding.weight.grad[nulls].any()) == expect
 
 
-def unigram_entropy(data) -> float:
-    """Entropy (nats) of the target tokens of the validation set, per level, averaged."""
-    counts = [Counter() for _ in range(data.layout.num_target_levels)]
-    for batch in data.val_dataloader():
-        tokens, levels = batch["tokens"], batch["levels"]
+def level_counts(batches, layout) -> list[Counter]:
+    counts = [Counter() for _ in range(layout.num_target_levels)]
+    for batch in batches:
         for level, counter in enumerate(counts):
-            counter.update(tokens[levels == level].tolist())
-    total = 0.0
-    n = sum(sum(c.values()) for c in counts)
-    for counter in counts:
-        m = sum(counter.values())
-        total += -sum(c * math.log(c / m) for c in counter.values())
-    return total / n
+            counter.update(batch["tokens"][batch["levels"] == level].tolist())
+    return counts
 
 
-def fit(stage, root, tmp_path, steps):
+def unigram_baselines(data) -> tuple[float, float]:
+    """Per-token (nats) over the held-out targets: their own unigram entropy, and the cross
+    entropy of the training split's unigram distribution (add-one smoothed) on them."""
+    held = level_counts(data.val_dataloader(), data.layout)
+    train = level_counts(data.train_dataloader(), data.layout)
+    entropy = cross = 0.0
+    for level, (h, t) in enumerate(zip(held, train, strict=True)):
+        start, stop = data.layout.target_range(level)
+        n_h, n_t = sum(h.values()), sum(t.values())
+        entropy -= sum(c * math.log(c / n_h) for c in h.values())
+        cross -= sum(c * math.log((t[tok] + 1) / (n_t + stop - start)) for tok, c in h.items())
+    n = sum(sum(h.values()) for h in held)
+    return entropy / n, cross / n
+
+
+def fit(stage, root, tmp_path, steps, crop):
     pl.seed_everything(0)
-    data = data_for(stage, root, crop_seconds=0.4 if stage == "coarse" else STAGES[stage][2])
+    data = data_for(stage, root, crop_seconds=crop, val_fraction=0.25)
     module = STAGES[stage][0](**TINY, lr=3e-3, warmup_steps=10, cond_dropout=0.1)
     trainer = pl.Trainer(
         max_steps=steps,
@@ -106,21 +114,42 @@ def fit(stage, root, tmp_path, steps):
     trainer.fit(module, datamodule=data)
     trainer.limit_val_batches = 1.0
     (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
-    return data, metrics
+    return data, {k: round(float(v), 3) for k, v in metrics.items()}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["semantic", "coarse", "fine"])
-def test_held_out_loss_falls_below_unigram_entropy_and_uses_conditioning(
-    stage, token_dataset, tmp_path
-):
-    data, metrics = fit(stage, token_dataset, tmp_path, steps=120 if stage == "coarse" else 80)
-    entropy = unigram_entropy(data)
-    print(stage, {k: round(float(v), 3) for k, v in metrics.items()}, "unigram", round(entropy, 3))
+def test_on_real_music_held_out_loss_beats_the_unigram_model(stage, demo_tokens, tmp_path):
+    """Tokens of the demo music (real pipeline, tiny untrained tokenizers): held-out sources'
+    loss is below what the training split's unigram distribution scores on them. (With
+    untrained tokenizers and 100 steps the MuLan effect is within noise here; the
+    conditioning test below uses tokens that depend on MuLan by construction.)"""
+    crop = {"semantic": 4.0, "coarse": 1.0, "fine": 0.5}[stage]
+    data, metrics = fit(stage, demo_tokens, tmp_path, steps=100, crop=crop)
+    entropy, cross = unigram_baselines(data)
+    print(
+        f"real {stage}",
+        metrics,
+        f"held-out unigram entropy {entropy:.3f}, train unigram {cross:.3f}",
+    )
+    assert metrics["val/loss"] < cross
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["semantic", "coarse"])
+def test_conditioning_is_used_on_structured_tokens(stage, token_dataset, tmp_path):
+    """Synthetic clips whose tokens depend on their MuLan tokens by construction (conftest):
+    own conditioning beats conditioning shuffled across clips and the null conditioning,
+    and the loss falls well below the held-out unigram entropy."""
+    crop = {"semantic": 2.0, "coarse": 0.2}[stage]
+    data, metrics = fit(
+        stage, token_dataset, tmp_path, steps=120 if stage == "coarse" else 80, crop=crop
+    )
+    entropy, _ = unigram_baselines(data)
+    print(f"synthetic {stage}", metrics, f"held-out unigram entropy {entropy:.3f}")
     assert metrics["val/loss"] < 0.8 * entropy
-    if stage != "fine":
-        assert metrics["val/loss"] < metrics["val/loss_shuffled_mulan"] - 0.05
-        assert metrics["val/loss"] < metrics["val/loss_null"]
+    assert metrics["val/loss"] < metrics["val/loss_shuffled_mulan"] - 0.05
+    assert metrics["val/loss"] < metrics["val/loss_null"]
 
 
 def test_checkpoint_carries_layout_and_bundle_and_loads_for_sampling(token_dataset, tmp_path):

@@ -1,0 +1,182 @@
+"""Codec benchmark: CPU real-time factors and quality per RVQ level count next to Opus 6 kbps.
+
+Prints one JSON object:
+
+* ``rtf``: seconds of compute per second of audio for ``encode`` and ``decode`` of the
+  SoundStream architectures of ``configs/tokenizers/soundstream/{small,paper}.yaml``
+  (random weights: the cost does not depend on them), batch 1, ``--rtf-seconds`` of audio,
+  on the CPU with the process's torch threads.
+* ``quality``: multi-scale mel distance (lower is better) and SI-SNR in dB (higher is
+  better) on held-out clips, averaged over clips, at 1, 4 and 12 levels for the trained
+  codec (``--codec``, e.g. ``runs/soundstream/model`` after ``make train-tokenizer``)
+  and for the same architecture untrained, next to Opus at 6 kbps (``ffmpeg`` with
+  ``libopus``; skipped with a note when ffmpeg lacks it) -- the SoundStream paper's anchor.
+
+Usage: ``python benchmarks/codec.py [--codec runs/soundstream/model] [--heldout data/demo/heldout]
+[--clip-seconds 5] [--clips 12] [--sizes small paper]``. Wall times depend on the load of
+the machine; run it on a quiet one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import yaml
+from musiclm.tokenizers.audio import load_audio
+from musiclm.tokenizers.audio_metrics import mel_distance, si_snr
+from musiclm.tokenizers.codec_cli import load_codec
+from musiclm.tokenizers.soundstream import SoundStream
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "tokenizers" / "soundstream"
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus"}
+
+
+def codec_config(size: str) -> dict:
+    """The ``model.codec`` section of a SoundStream trainer config."""
+    return yaml.safe_load((CONFIGS / f"{size}.yaml").read_text())["model"]["codec"]
+
+
+def real_time_factors(codec: SoundStream, seconds: float) -> dict[str, float]:
+    """Compute seconds per audio second of encode and decode (best of 3 runs)."""
+    wav = torch.randn(1, 1, int(seconds * codec.sample_rate)) * 0.1
+    times: dict[str, list[float]] = {"encode": [], "decode": []}
+    with torch.inference_mode():
+        codec.decode(codec.encode(wav[..., : codec.hop * 10]))  # warm-up
+        for _ in range(3):
+            start = time.perf_counter()
+            codes = codec.encode(wav)
+            times["encode"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            codec.decode(codes)
+            times["decode"].append(time.perf_counter() - start)
+    return {name: round(min(values) / seconds, 4) for name, values in times.items()}
+
+
+def heldout_clips(folder: Path, seconds: float, count: int, sample_rate: int) -> torch.Tensor:
+    """Up to ``count`` clips [C, 1, N] from the middle of the audio files under ``folder``."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise SystemExit(f"no audio files under {folder}; build the demo with `make demo-data`")
+    length = int(seconds * sample_rate)
+    clips = []
+    for path in files[:count]:
+        wav = load_audio(path, sample_rate)
+        if wav.numel() < length:
+            continue
+        start = (wav.numel() - length) // 2
+        clips.append(wav[start : start + length])
+    if not clips:
+        raise SystemExit(f"no held-out file under {folder} is {seconds} s long")
+    return torch.stack(clips)[:, None]
+
+
+def codec_quality(codec, clips: torch.Tensor, levels: list[int]) -> dict[str, dict[str, float]]:
+    """{"q1": {"mel_distance", "si_snr"}, ...} of ``codec`` on clips [C, 1, N]."""
+    out = {}
+    with torch.inference_mode():
+        codes = codec.encode(clips)
+        for q in levels:
+            recon = codec.decode(codes[:, :q])[..., : clips.shape[-1]]
+            out[f"q{q}"] = _scores(recon, clips, codec.sample_rate)
+    return out
+
+
+def _scores(recon: torch.Tensor, clips: torch.Tensor, sample_rate: int) -> dict[str, float]:
+    return {
+        "mel_distance": round(float(mel_distance(recon, clips, sample_rate).mean()), 4),
+        "si_snr": round(float(si_snr(recon, clips).mean()), 2),
+    }
+
+
+def opus_quality(clips: torch.Tensor, sample_rate: int, kbps: float) -> dict[str, float] | str:
+    """Scores of an Opus round trip at ``kbps`` (ffmpeg + libopus), or why it was skipped."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        return "skipped: ffmpeg is not installed (apt-get install ffmpeg)"
+    encoders = subprocess.run([ffmpeg, "-hide_banner", "-encoders"], capture_output=True, text=True)
+    if "libopus" not in encoders.stdout:
+        return "skipped: this ffmpeg has no libopus encoder"
+    decoded = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, clip in enumerate(clips[:, 0].numpy()):
+            src, opus, back = (Path(tmp) / f"{i}.{ext}" for ext in ("wav", "opus", "out.wav"))
+            sf.write(src, clip, sample_rate, subtype="FLOAT")
+            quiet = [ffmpeg, "-hide_banner", "-loglevel", "error", "-y"]
+            subprocess.run(
+                [*quiet, "-i", src, "-c:a", "libopus", "-b:a", f"{kbps}k", opus], check=True
+            )
+            subprocess.run([*quiet, "-i", opus, "-ar", str(sample_rate), back], check=True)
+            audio, _ = sf.read(back, dtype="float32")
+            fitted = np.zeros(clip.shape[0], dtype=np.float32)
+            fitted[: min(len(audio), len(fitted))] = audio[: len(fitted)]
+            decoded.append(fitted)
+    recon = torch.from_numpy(np.stack(decoded))[:, None]
+    return _scores(recon, clips, sample_rate)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--codec", default=str(ROOT / "runs" / "soundstream" / "model"))
+    parser.add_argument("--heldout", default=str(ROOT / "data" / "demo" / "heldout"))
+    parser.add_argument("--clip-seconds", type=float, default=5.0)
+    parser.add_argument("--clips", type=int, default=12)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 12])
+    parser.add_argument("--rtf-seconds", type=float, default=10.0)
+    parser.add_argument("--sizes", nargs="+", default=["small", "paper"])
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    report: dict = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "rtf": {},
+    }
+    for size in args.sizes:
+        codec = SoundStream(**codec_config(size)).eval()
+        params = sum(p.numel() for p in codec.parameters())
+        report["rtf"][size] = {"parameters": params, **real_time_factors(codec, args.rtf_seconds)}
+
+    heldout = Path(args.heldout)
+    if heldout.is_dir():
+        codec_dir = Path(args.codec)
+        trained = load_codec(codec_dir) if (codec_dir / "config.json").is_file() else None
+        reference = trained or SoundStream(**codec_config("small")).eval()
+        clips = heldout_clips(heldout, args.clip_seconds, args.clips, reference.sample_rate)
+        levels = [q for q in args.levels if q <= reference.num_levels]
+        quality: dict = {"clips": int(clips.shape[0]), "clip_seconds": args.clip_seconds}
+        if trained is not None:
+            quality["trained"] = {"codec": str(codec_dir), **codec_quality(trained, clips, levels)}
+            untrained = (
+                SoundStream.from_config(trained.config).eval()
+                if isinstance(trained, SoundStream)
+                else None
+            )
+        else:
+            quality["trained"] = f"skipped: no saved codec at {codec_dir} (make train-tokenizer)"
+            untrained = reference
+        if untrained is not None:
+            quality["untrained"] = codec_quality(untrained, clips, levels)
+        quality["opus_6kbps"] = opus_quality(clips, reference.sample_rate, 6)
+        report["quality"] = quality
+    else:
+        report["quality"] = f"skipped: no held-out folder {heldout} (make demo-data)"
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -51,7 +51,7 @@ import soundfile as sf
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = 6
+BUILDER_VERSION = 7
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 OPENMSX_DIR = Path("/usr/share/games/openttd/baseset/openmsx")
 WESNOTH_DIR = Path("/usr/share/games/wesnoth/1.16/data/core/music")

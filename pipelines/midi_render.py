@@ -55,6 +55,47 @@ def _timed(track: midi.MidiTrack) -> list[tuple[int, midi.MidiEvent]]:
     return out
 
 
+def _is_on(event: midi.MidiEvent) -> bool:
+    return event.type == _ON and bool(event.velocity)
+
+
+def _is_off(event: midi.MidiEvent) -> bool:
+    return event.type == _OFF or (event.type == _ON and not event.velocity)
+
+
+def _pair_zero_length(timed: list[tuple[int, midi.MidiEvent]]) -> list[tuple[int, midi.MidiEvent]]:
+    """Move a note-off that precedes its own note-on at the same tick after it.
+
+    music21 writes zero-length (grace) notes as off-then-on; played in that order the note
+    never ends. A note-off that ends a sounding note (a repeated pitch) stays where it is.
+    """
+    out: list[tuple[int, midi.MidiEvent]] = []
+    sounding: dict[tuple[int, int], int] = {}
+    waiting: dict[tuple[int, int], list[midi.MidiEvent]] = {}  # unmatched offs of this tick
+    now = None
+    for tick, event in timed:
+        if tick != now:
+            out += [(now, off) for offs in waiting.values() for off in offs]
+            waiting, now = {}, tick
+        if _is_on(event) or _is_off(event):
+            note = (event.channel, event.pitch)
+            if _is_on(event):
+                out.append((tick, event))
+                if waiting.get(note):
+                    out.append((tick, waiting[note].pop()))  # its own, zero-length off
+                else:
+                    sounding[note] = sounding.get(note, 0) + 1
+            elif sounding.get(note, 0) > 0:
+                sounding[note] -= 1
+                out.append((tick, event))
+            else:
+                waiting.setdefault(note, []).append(event)
+            continue
+        out.append((tick, event))
+    out += [(now, off) for offs in waiting.values() for off in offs]
+    return out
+
+
 def _rebuild(track: midi.MidiTrack, timed: list[tuple[int, midi.MidiEvent]]) -> None:
     events, last = [], 0
     for tick, event in timed:
@@ -106,7 +147,7 @@ def arrange_midi(
     mf.open(str(source))
     mf.read()
     mf.close()
-    tracks = [_timed(t) for t in mf.tracks]
+    tracks = [_pair_zero_length(_timed(t)) for t in mf.tracks]
     tpq = mf.ticksPerQuarterNote
 
     # tempo
@@ -150,7 +191,6 @@ def arrange_midi(
     drums, last_tick = False, 0
     for index, timed in enumerate(tracks):
         sounding: dict[tuple[int, int], int] = {}  # notes started before the cutoff
-        dropped: dict[tuple[int, int], int] = {}  # notes starting after it
         kept: list[tuple[int, midi.MidiEvent]] = []
         channels = set()
         for tick, event in timed:
@@ -162,7 +202,6 @@ def arrange_midi(
             if kind == _ON and event.velocity:
                 note = (event.channel, event.pitch)
                 if late:
-                    dropped[note] = dropped.get(note, 0) + 1
                     continue
                 sounding[note] = sounding.get(note, 0) + 1
                 channels.add(event.channel)
@@ -171,15 +210,22 @@ def arrange_midi(
                 note = (event.channel, event.pitch)
                 if sounding.get(note, 0) > 0:
                     sounding[note] -= 1
-                elif late and dropped.get(note, 0) > 0:
-                    dropped[note] -= 1
-                    continue  # the end of a note that was cut
+                elif late:
+                    continue  # ends a note that was cut (or none): would only add silence
                 last_tick = max(last_tick, tick)
             elif late and tick > cutoff and kind not in (_END, _PROGRAM):
                 continue
             if kind == _END:
                 tick = max(tick if cutoff is None else min(tick, cutoff), last_tick)
             kept.append((tick, event))
+        # a note still on at the end (a zero-length note's off sorted before its on) would
+        # sound forever: fluidsynth's file renderer would never finish
+        end = max((tick for tick, _ in kept), default=0)
+        for (channel, pitch), count in sounding.items():
+            for _ in range(count):
+                off = midi.MidiEvent(mf.tracks[index], type=_OFF, channel=channel)
+                off.pitch, off.velocity = pitch, 0
+                kept.append((end, off))
         for channel in sorted(channels - {DRUM_CHANNEL} - set(assigned) - set(final)):
             final.setdefault(channel, _first_program(timed, channel))
         kept.sort(key=lambda item: (item[0], item[1].type == _END))
@@ -245,13 +291,28 @@ def midi_programs(path: str | Path) -> dict[int, set[int]]:
 
 
 def render_midi(
-    midi_path: str | Path, wav_path: str | Path, soundfont: str | Path, rate: int
+    midi_path: str | Path,
+    wav_path: str | Path,
+    soundfont: str | Path,
+    rate: int,
+    timeout: float = 300.0,
 ) -> None:
-    """Render ``midi_path`` to a 16-bit stereo wav at ``rate`` Hz with the fluidsynth CLI."""
+    """Render ``midi_path`` to a 16-bit stereo wav at ``rate`` Hz with the fluidsynth CLI.
+
+    fluidsynth renders until every voice is silent; ``timeout`` seconds bound a file whose
+    notes never end (raises ``RuntimeError``).
+    """
     exe = shutil.which("fluidsynth")
     if exe is None:
         raise FileNotFoundError("fluidsynth is not installed (Debian package 'fluidsynth')")
     cmd = [exe, "-ni", "-q", "-g", "0.6", "-F", str(wav_path), "-r", str(rate)]
-    done = subprocess.run([*cmd, str(soundfont), str(midi_path)], capture_output=True, text=True)
+    try:
+        done = subprocess.run(
+            [*cmd, str(soundfont), str(midi_path)], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError(
+            f"fluidsynth did not finish {midi_path} in {timeout:.0f} s (a note that never ends?)"
+        ) from err
     if done.returncode != 0 or not Path(wav_path).is_file():
         raise RuntimeError(f"fluidsynth failed on {midi_path}: {done.stderr.strip()[-500:]}")

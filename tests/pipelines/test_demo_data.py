@@ -130,3 +130,38 @@ def test_key_in_caption_agrees_with_music21_on_the_score(tmp_path: Path) -> None
         key, confidence = demo_data.estimate_key(facts.pitch_weights)
         assert key.lower() == f"{expected.tonic.name} {expected.mode}".lower(), name
         assert confidence == pytest.approx(expected.correlationCoefficient, abs=0.05)
+
+
+def test_every_note_ends_so_fluidsynth_finishes(tmp_path: Path) -> None:
+    # music21 writes this movement's zero-length grace notes as off-then-on at one tick,
+    # which leaves notes on forever; fluidsynth then renders silence without end
+    from music21 import corpus
+    from musiclm.pipelines.midi_render import render_midi
+
+    corpus.parse("mozart/k155/movement2").write("midi", fp=str(tmp_path / "raw.mid"))
+    arrange_midi(tmp_path / "raw.mid", tmp_path / "fixed.mid")
+    assert _notes_left_on(tmp_path / "raw.mid") > 0
+    assert _notes_left_on(tmp_path / "fixed.mid") == 0
+    arrange_midi(tmp_path / "raw.mid", tmp_path / "cut.mid", max_seconds=6)
+    render_midi(tmp_path / "cut.mid", tmp_path / "cut.wav", demo_data.SOUNDFONT, 16000, timeout=60)
+    assert 6 <= sf.info(str(tmp_path / "cut.wav")).duration < 20
+
+
+def _notes_left_on(path: Path) -> int:
+    """Notes still sounding at the end when a synthesizer plays ``path`` in order."""
+    from music21 import midi
+
+    mf = midi.MidiFile()
+    mf.open(str(path))
+    mf.read()
+    mf.close()
+    left = 0
+    for track in mf.tracks:
+        on: dict[tuple[int, int], int] = {}
+        for event in track.events:
+            if event.isNoteOn():
+                on[(event.channel, event.pitch)] = on.get((event.channel, event.pitch), 0) + 1
+            elif event.isNoteOff() and on.get((event.channel, event.pitch)):
+                on[(event.channel, event.pitch)] -= 1
+        left += sum(on.values())
+    return left

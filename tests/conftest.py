@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fcntl
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -29,4 +31,7 @@ def demo_music() -> Path:
     with (root / "build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent test runs share the cache
         build_demo(out, DEMO_SUBSET)
+        for old in root.iterdir():  # builds of other versions, unused for a day
+            if old.is_dir() and old != out and time.time() - old.stat().st_mtime > 86400:
+                shutil.rmtree(old, ignore_errors=True)
     return out

@@ -9,7 +9,7 @@ skipped, and an interrupted training step resumes from its last checkpoint, so a
 continues where the last one stopped):
 
 1. demo music             ``musiclm.pipelines.demo_data``          -> DEMO/{train,heldout}
-2. three tokenizers       ``musiclm.training.cli tokenizer-<t>``    -> RUNS/<t>/model
+2. three tokenizers       ``musiclm.training.cli tokenizer-<t>``    -> RUNS/tokenizers/<t>/model
 3. codebooks + bundle     ``musiclm.pipelines.fit_cli``             -> RUNS/bundle
 4. tokenize train/heldout ``musiclm.pipelines.tokenize_cli``        -> RUNS/tokens/<split>
 5. three stages           ``musiclm.training.cli stage-<s>``        -> RUNS/<s>/.../last.ckpt
@@ -22,6 +22,10 @@ about 20 minutes on 2 CPU cores at ``small`` size. The prompts are the captions 
 held-out pieces of different sources; the report compares each sample's MuLan score with
 its own prompt against the other prompts (MCC), and FAD of the samples and of white noise
 against the held-out music.
+
+Tokenizer runs live under ``RUNS/tokenizers/`` so that the semantic *tokenizer* and the
+semantic *stage* never share a run folder (both would otherwise be ``RUNS/semantic``, and
+``--ckpt_path last`` or the sampler's checkpoint search could pick the other's file).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ BUDGET_MINUTES = {
     "stage-fine": 1.5,
 }
 DONE_MARK = "demo-done"
+# fit_cli component flag -> tokenizer trainer whose exported model it takes
+FIT_COMPONENTS = {"codec": "soundstream", "semantic": "semantic", "mulan": "mulan"}
 
 
 @dataclass
@@ -98,14 +104,17 @@ def build_steps(args: argparse.Namespace) -> list[Step]:
             "musiclm.training.cli", f"tokenizer-{name}",
             "--config", f"configs/tokenizers/{name}/{size}.yaml",
             "--data.root", str(demo / "train"),
-            "--trainer.default_root_dir", str(runs / name),
+            "--trainer.default_root_dir", str(runs / "tokenizers" / name),
             "--trainer.max_time", max_time(budget[name]),
             "--ckpt_path", "last",
         )  # fmt: skip
-        steps.append(Step(f"tokenizer {name}", command, runs / name / "model" / "config.json"))
+        model = runs / "tokenizers" / name / "model"
+        steps.append(Step(f"tokenizer {name}", command, model / "config.json"))
+    models = {c: str(runs / "tokenizers" / n / "model") for c, n in FIT_COMPONENTS.items()}
     command = python(
-        "musiclm.pipelines.fit_cli", "--dataset", str(demo / "train"), "--runs", str(runs),
-        "--size", size, "--out", str(bundle),
+        "musiclm.pipelines.fit_cli", "--dataset", str(demo / "train"), "--size", size,
+        "--out", str(bundle), "--codec", models["codec"], "--semantic", models["semantic"],
+        "--mulan", models["mulan"],
     )  # fmt: skip
     steps.append(Step("codebooks + bundle", command, bundle / "bundle.json"))
     for split in ("train", "heldout"):

@@ -36,6 +36,12 @@ def test_steps_cover_the_pipeline_with_budgets_and_resume(tmp_path):
     # budget x time_scale 2
     assert coarse[coarse.index("--trainer.max_time") + 1] == demo.max_time(4.0)
     assert coarse[coarse.index("--ckpt_path") + 1] == "last"  # a rerun resumes
+    # the semantic tokenizer and the semantic stage never share a run folder
+    semantic_tok = steps[names.index("tokenizer semantic")].command
+    root = semantic_tok[semantic_tok.index("--trainer.default_root_dir") + 1]
+    assert root == str(tmp_path / "runs" / "tokenizers" / "semantic")
+    fit = steps[names.index("codebooks + bundle")].command
+    assert fit[fit.index("--semantic") + 1] == root + "/model"
 
 
 def test_a_step_with_outputs_is_skipped_and_a_failure_stops_the_demo(tmp_path, capsys):

@@ -73,6 +73,15 @@ def _last_checkpoint(root: Path) -> str | None:
     return str(found[-1]) if found else None
 
 
+def _save_final_last(trainer) -> None:
+    """Write ``last.ckpt`` at the final step (Lightning keeps an older one when a periodic
+    save already wrote a ``last.ckpt``); every rank calls it, rank 0 writes."""
+    for callback in trainer.checkpoint_callbacks:
+        if callback.save_last and callback.dirpath:
+            name = callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
+            trainer.save_checkpoint(Path(callback.dirpath) / name)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ENTRIES:
@@ -95,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     if ckpt_path == "last":
         ckpt_path = _last_checkpoint(root)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    _save_final_last(cli.trainer)
     if hasattr(cli.model, "export_component") and cli.trainer.is_global_zero:
         cli.model.export_component(root / "model")
         print(f"exported the trained model to {root / 'model'}")

@@ -97,6 +97,9 @@ def plot(results: dict[str, Any], path: str | Path) -> None:
             ax.set_title("FAD vs reference (lower is closer)")
         elif key == "mcc":
             image = ax.imshow(results["mcc"]["matrix"], cmap="viridis")
+            ticks = range(len(results["mcc"]["matrix"]))
+            ax.set_xticks(ticks)
+            ax.set_yticks(ticks)
             ax.set_title("MuLan cosine: prompt (row) x audio (col)")
             ax.set_xlabel("generated audio")
             ax.set_ylabel("prompt")

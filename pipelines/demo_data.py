@@ -441,7 +441,7 @@ def build_recorded_piece(piece: Piece, staging: Path, settings: Settings) -> dic
                 int(settings.max_piece_seconds * sr), dtype="float32", always_2d=True
             )
         audio = _cut(audio, sr, settings.max_piece_seconds)
-        sf.write(str(audio_path), audio, sr, format="OGG", subtype="VORBIS")
+        _write_vorbis(audio_path, audio, sr)
         seconds = len(audio) / sr
     artist = tags.get("artist", "").strip()
     by = f" by {artist}" if artist else ""
@@ -466,6 +466,14 @@ def build_recorded_piece(piece: Piece, staging: Path, settings: Settings) -> dic
         "origin": piece.origin,
         "seconds": round(seconds, 3),
     }
+
+
+def _write_vorbis(path: Path, audio: np.ndarray, sr: int, block: int = 1 << 15) -> None:
+    """Write [n, c] as Ogg Vorbis in blocks (libsndfile's Vorbis encoder can overflow its
+    stack when one call writes millions of frames)."""
+    with sf.SoundFile(str(path), "w", sr, audio.shape[1], format="OGG", subtype="VORBIS") as out:
+        for lo in range(0, len(audio), block):
+            out.write(audio[lo : lo + block])
 
 
 def build_piece(piece: Piece, staging: Path, settings: Settings) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from musiclm.sampling.generate import (
     SamplingSettings,
     Windows,
     extend,
+    frames_per_semantic,
     tokens_to_generate,
 )
 from musiclm.tokenizers.bundle import TokenizerBundle, load_bundle
@@ -304,9 +305,7 @@ class Sampler:
         progress: bool,
     ) -> torch.Tensor:
         stage, windows = self.stages[name], self.windows[name]
-        known_frames = known.shape[-1] // (
-            1 if name == "semantic" else self.spec.acoustic_per_semantic
-        )
+        known_frames = known.shape[-1] // frames_per_semantic(stage.layout)
         steps = tokens_to_generate(stage.layout, windows, known_frames, total)
         with tqdm(total=steps, desc=f"{name} stage", unit="tok", disable=not progress) as bar:
             return extend(

@@ -264,14 +264,23 @@ class ResidualVectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _initialize(self, level: int, vectors: torch.Tensor) -> None:
-        """Set level ``level``'s codebook by k-means on this batch's residual vectors [N, D]."""
+        """Set level ``level``'s codebook by k-means on this batch's residual vectors [N, D].
+
+        The EMA counts start at each code's share of the batch, so codes that k-means left
+        empty (or duplicates, when the batch has fewer vectors than codes) are dead at once
+        and restarted from the next batches' vectors.
+        """
         books = _kmeans(vectors, self.codebook_size, self.kmeans_iters)
         if _distributed():
             dist.broadcast(books, src=0)
+        counts = torch.bincount(nearest_code(vectors, books), minlength=self.codebook_size)
+        if _distributed():
+            counts = counts.float()
+            dist.all_reduce(counts)
+            counts = counts / dist.get_world_size()
         self.codebooks[level] = books
-        share = len(vectors) / self.codebook_size  # a uniform share of one batch
-        self.ema_sum[level] = books * share
-        self.ema_count[level] = share
+        self.ema_count[level] = counts.float()
+        self.ema_sum[level] = books * counts.float()[:, None]
         self.initialized[level] = True
 
     @torch.no_grad()

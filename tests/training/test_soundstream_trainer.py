@@ -16,6 +16,7 @@ import pytest
 import torch
 from musiclm.tokenizers.audio import load_audio
 from musiclm.tokenizers.audio_metrics import mel_distance
+from musiclm.tokenizers.rvq import code_statistics
 from musiclm.tokenizers.soundstream import SoundStream
 from musiclm.training.cli import main
 from musiclm.training.soundstream_trainer import load_trained_codec
@@ -83,8 +84,7 @@ def test_every_loss_codebook_statistics_and_media_are_logged(run):
         "val/codebook_usage",
     ):
         _last(rows, name)
-    # dead-code restarts keep most of each codebook in use
-    assert _last(rows, "codebook/usage_mean") > 0.25
+    assert 0 < _last(rows, "codebook/usage_mean") <= 1
     media = sorted(p.name for p in run.rglob("media/step-*/*"))
     assert "spectrogram.png" in media and "clip0-original.wav" in media and "clip0-q12.wav" in media
 
@@ -119,16 +119,21 @@ def test_training_codes_held_out_music_better_and_more_levels_help(run, demo_mus
         p for p in (demo_music / "heldout").rglob("*") if p.suffix in {".wav", ".flac", ".ogg"}
     )
     clips = torch.stack([load_audio(p, 24_000)[48_000:96_000] for p in files])[:, None]
-    scores = {}
+    scores, usage = {}, {}
     with torch.inference_mode():
         for name, codec in (("trained", trained), ("untrained", untrained)):
             codes = codec.encode(clips)
+            usage[name], _ = code_statistics(codes, codec.codebook_size)
             scores[name] = {
                 q: float(
                     mel_distance(codec.decode(codes[:, :q])[..., : clips.shape[-1]], clips).mean()
                 )
                 for q in (1, 4, 12)
             }
-    print(scores)
+    print(scores, usage["trained"])
     assert scores["trained"][12] < 0.7 * scores["untrained"][12], scores
     assert scores["trained"][12] < scores["trained"][4] < scores["trained"][1], scores
+    # k-means init + dead-code restarts: every level of the trained codec spreads the
+    # held-out frames over many codes (a collapsed codebook uses a handful)
+    frames = clips.shape[0] * codes.shape[-1]
+    assert float(usage["trained"].min()) * 1024 > 0.2 * frames, usage["trained"]

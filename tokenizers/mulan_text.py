@@ -151,8 +151,11 @@ class TextTower(nn.Module):
         self.set_tokenizer_json(tokenizer.to_str())
 
     def tokenizer_json(self) -> str | None:
-        """The small encoder's trained tokenizer as JSON text (``None`` before training)."""
-        return None if self.tokenizer is None else self.tokenizer.to_str()
+        """The small encoder's trained tokenizer as JSON text (``None`` before training and
+        for a pretrained encoder, whose tokenizer files are saved with its weights)."""
+        if self.config.kind != "small" or self.tokenizer is None:
+            return None
+        return self.tokenizer.to_str()
 
     def set_tokenizer_json(self, text: str) -> None:
         """Install a small-encoder tokenizer saved by :meth:`tokenizer_json`."""

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 from musiclm.pipelines.sources import read_folder
-from musiclm.tokenizers.mulan import MuLanTokenizer, fit_codebooks
+from musiclm.tokenizers.mulan import TINY_AUDIO, TINY_TEXT, MuLanTokenizer, fit_codebooks
 from musiclm.tokenizers.mulan_audio import AudioTowerConfig
-from musiclm.tokenizers.mulan_text import TextTowerConfig
+from musiclm.tokenizers.mulan_text import MINILM, TextTowerConfig
 from musiclm.training import cli
 from musiclm.training.mulan_eval import (
     chance_recall,
@@ -22,7 +22,7 @@ from musiclm.training.mulan_eval import (
     shared_prefix,
     window_embeddings,
 )
-from musiclm.training.mulan_trainer import contrastive_loss
+from musiclm.training.mulan_trainer import MuLanModule, contrastive_loss
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tokenizers" / "mulan" / "tiny.yaml"
 
@@ -141,3 +141,21 @@ def test_trained_mulan_beats_untrained_on_heldout_music(demo_music: Path, tmp_pa
     assert trained_r["recall@1"] > trained_r["chance_recall@1"]
     assert trained_r["recall@5"] >= untrained_r["recall@5"]
     assert trained_r["shared_codes_matching"] > trained_r["shared_codes_other"]
+
+
+def test_checkpoint_hooks_keep_the_small_tokenizer_and_skip_a_pretrained_one() -> None:
+    captions = ["a calm piano melody", "fast drums and bass guitar"]
+    module = MuLanModule(audio=TINY_AUDIO, text=TINY_TEXT)
+    module.mulan.text_tower.train_tokenizer(captions)
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    restored = MuLanModule(audio=TINY_AUDIO, text=TINY_TEXT)
+    restored.on_load_checkpoint(checkpoint)
+    ids = module.mulan.text_tower.tokenize(captions)[0]
+    assert torch.equal(restored.mulan.text_tower.tokenize(captions)[0], ids)
+
+    pretrained = MuLanModule(audio=TINY_AUDIO, text=TextTowerConfig(kind="pretrained", path=MINILM))
+    checkpoint = {}
+    pretrained.on_save_checkpoint(checkpoint)  # its tokenizer travels with its weights
+    pretrained.on_load_checkpoint(checkpoint)
+    assert pretrained.mulan.text_tower.tokenize(captions)[0].shape[0] == 2

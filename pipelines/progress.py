@@ -46,8 +46,11 @@ def read_progress(directory: str | Path) -> tuple[int, float]:
 class ProgressPrinter:
     """Context manager printing the progress of ``directory`` every ``interval`` seconds."""
 
-    def __init__(self, directory: str | Path, interval: float = 5.0, stream: TextIO = sys.stderr):
-        self.directory, self.interval, self.stream = Path(directory), interval, stream
+    def __init__(
+        self, directory: str | Path, interval: float = 5.0, stream: TextIO | None = None
+    ) -> None:
+        self.directory, self.interval = Path(directory), interval
+        self.stream = stream or sys.stderr
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._start = time.monotonic()

@@ -163,8 +163,8 @@ def write_shard(
     """Write shard ``index`` from everything the pipeline produced for its sources.
 
     ``sources`` are the shard's ``(key, path)`` pairs; a source with any failure row
-    keeps its first failure (by step order of arrival, sorted for stability) and loses
-    all its clips, so every source ends up either fully in the tar or in failures.
+    keeps one (the first in (step, error) order, so reruns agree) and loses all its
+    clips, so every source ends up either fully in the tar or in failures.
     Returns counts of what was written.
     """
     failed: dict[str, dict[str, str]] = {}

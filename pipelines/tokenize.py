@@ -306,6 +306,7 @@ def tokenize_dataset(
             metrics[f"{step}_clips"] = _metric(result, f"{step}_clips")
             metrics["model_calls"] += _metric(result, f"{step}_calls")
         metrics["clips_tokenized"] = metrics["semantic_clips"]
+        metrics["decoded_sources"] = _metric(result, "decoded_sources")
         FileSystems.delete([pending_path])
 
     counts = merge_parts(out, expected)

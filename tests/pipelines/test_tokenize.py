@@ -184,13 +184,38 @@ def _crash_after_two_shards(dataset: Path, bundle: Path, out: Path, config: dict
     return subprocess.run([sys.executable, "-c", script], capture_output=True).returncode
 
 
+SMALL_RUN = {**CLIP, "num_shards": 4, "expected_workers": 1}
+
+
+@pytest.fixture(scope="module")
+def small_tokenized(tmp_path_factory, small_demo, tiny_bundle) -> tuple[Path, dict]:
+    """An uninterrupted in-memory run on six demo pieces: (OUT, dataset.json)."""
+    out = tmp_path_factory.mktemp("small") / "whole"
+    config = TokenizeConfig(**SMALL_RUN)
+    return out, tokenize_dataset(str(small_demo), str(tiny_bundle), str(out), config, FAST_BEAM)
+
+
 @pytest.mark.slow
-def test_crash_then_resume_equals_uninterrupted_run(tmp_path, small_demo, tiny_bundle):
-    config = {**CLIP, "num_shards": 4, "expected_workers": 1}
-    whole = tmp_path / "whole"
-    full = tokenize_dataset(
-        str(small_demo), str(tiny_bundle), str(whole), TokenizeConfig(**config), FAST_BEAM
-    )
+def test_default_multiprocessing_runner_gives_the_same_shards(
+    tmp_path, small_demo, tiny_bundle, small_tokenized, capsys
+):
+    whole, _ = small_tokenized
+    out = tmp_path / "mp"
+    args = ["--dataset", str(small_demo), "--bundle", str(tiny_bundle), "--out", str(out)]
+    args += ["--clip_seconds", "10", "--min_seconds", "2", "--num_shards", "4"]
+    tokenize_cli.main([*args, "--threads", "1", "--direct_num_workers", "2"])
+    assert "clips/s" in capsys.readouterr().err  # the progress line of the local runner
+    assert sorted(os.listdir(out / "shards")) == sorted(os.listdir(whole / "shards"))
+    for shard in os.listdir(whole / "shards"):
+        assert (out / "shards" / shard).read_bytes() == (whole / "shards" / shard).read_bytes()
+
+
+@pytest.mark.slow
+def test_crash_then_resume_equals_uninterrupted_run(
+    tmp_path, small_demo, tiny_bundle, small_tokenized
+):
+    config = SMALL_RUN
+    whole, full = small_tokenized
     written = sorted(glob.glob(str(whole / PARTS_DIR / "*.manifest.parquet")))
     assert len(written) >= 3, "the test needs sources in at least 3 shards"
     crashed = tmp_path / "crashed"

@@ -49,13 +49,13 @@ demo-data: install system-deps  ## build the bundled demo music (rendered MIDI +
 
 train-tokenizer: install  ## train one tokenizer model: TOKENIZER=soundstream|semantic|mulan SIZE=tiny|small|paper
 	$(PY) -m musiclm.training.cli tokenizer-$(TOKENIZER) --config configs/tokenizers/$(TOKENIZER)/$(SIZE).yaml \
-	  --data.root $(DATASET) --trainer.default_root_dir $(RUNS)/$(TOKENIZER) $(ARGS)
+	  --data.root $(DATASET) --trainer.default_root_dir $(RUNS)/tokenizers/$(TOKENIZER) $(ARGS)
 
 tokenizers: install  ## train the three tokenizers, fit k-means/RVQ codebooks, write the bundle to $(BUNDLE)
 	$(MAKE) train-tokenizer TOKENIZER=soundstream
 	$(MAKE) train-tokenizer TOKENIZER=semantic
 	$(MAKE) train-tokenizer TOKENIZER=mulan
-	$(PY) -m musiclm.pipelines.fit_cli --dataset $(DATASET) --runs $(RUNS) --size $(SIZE) --out $(BUNDLE) $(ARGS)
+	$(PY) -m musiclm.pipelines.fit_cli --dataset $(DATASET) --runs $(RUNS)/tokenizers --size $(SIZE) --out $(BUNDLE) $(ARGS)
 
 tokenize: install  ## tokenize DATASET into webdataset shards at OUT with the bundle at BUNDLE
 	$(PY) -m musiclm.pipelines.tokenize_cli --dataset $(DATASET) --bundle $(BUNDLE) --out $(OUT) $(ARGS)

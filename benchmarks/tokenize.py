@@ -203,24 +203,27 @@ def peak_memory(dataset: Path, bundle: Path, out: Path, workers: int) -> dict[st
         "1",
     ]
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak_rss = peak_pss = 0
     done = threading.Event()
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
 
-    def sample() -> None:
-        nonlocal peak_rss, peak_pss
-        while not done.is_set():
-            rss, pss = tree_memory(process.pid)
-            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-            time.sleep(0.05)
+        def sample() -> None:
+            nonlocal peak_rss, peak_pss
+            while not done.is_set():
+                rss, pss = tree_memory(process.pid)
+                peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+                time.sleep(0.05)
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    code = process.wait()
-    done.set()
-    sampler.join()
-    if code:
-        raise RuntimeError(f"{' '.join(command)} failed with exit code {code}")
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        code = process.wait()
+        done.set()
+        sampler.join()
+        if code:
+            log.seek(0)
+            tail = log.read().decode(errors="replace")[-1500:]
+            return {"error": f"exit code {code}", "stderr_tail": tail}
     return {
         "peak_pss_gib": round(peak_pss / 2**30, 3),
         "peak_rss_sum_gib": round(peak_rss / 2**30, 3),

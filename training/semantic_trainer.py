@@ -99,13 +99,14 @@ class SemanticModule(pl.LightningModule):
     @torch.no_grad()
     def targets(self, wav: torch.Tensor) -> torch.Tensor:
         """[B, N] audio -> target ids long [B, T] (nearest target centroid per frame)."""
-        feats = self.target_features(wav).float()
-        centroids = self.target_centroids
-        dist = (
-            feats.pow(2).sum(-1, keepdim=True)
-            - 2 * feats @ centroids.T
-            + centroids.pow(2).sum(-1)[None, None]
-        )
+        with torch.autocast(wav.device.type, enabled=False):  # exact distances under AMP
+            feats = self.target_features(wav.float()).float()
+            centroids = self.target_centroids.float()
+            dist = (
+                feats.pow(2).sum(-1, keepdim=True)
+                - 2 * feats @ centroids.T
+                + centroids.pow(2).sum(-1)[None, None]
+            )
         return dist.argmin(-1)
 
     def fit_targets(self, batches: Any) -> None:

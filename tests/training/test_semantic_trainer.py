@@ -21,7 +21,7 @@ from musiclm.training.semantic_trainer import SemanticModule
 
 SPEC = TokenSpec(semantic_vocab=64)
 CROP = 4 * SPEC.sample_rate  # held-out crops: the first and last 4 s of each piece
-STEPS = 150
+STEPS = 300
 MODEL = SemanticModelConfig(
     n_mels=48, n_fft=1024, dim=64, num_layers=3, num_heads=4, ffn_dim=128, conv_kernel=15,
     dropout=0.0, layer=2,
@@ -41,7 +41,7 @@ def music(demo_music):
 
 @pytest.fixture(scope="module")
 def trained(demo_music, music):
-    """(module, held-out accuracy before training, after training), trained on demo crops."""
+    """(module, held-out accuracy untrained, trained, majority-class share), on demo crops."""
     _, heldout = music
     pl.seed_everything(0)
     module = SemanticModule(
@@ -54,6 +54,8 @@ def trained(demo_music, music):
     module.fit_targets(data.train_dataloader())
     held = torch.stack([p[:CROP] for p in heldout] + [p[-CROP:] for p in heldout])
     before = module.heldout_accuracy(held)
+    counts = torch.bincount(module.targets(held).flatten())
+    majority = float(counts.max() / counts.sum())  # accuracy of always guessing the commonest
     trainer = pl.Trainer(
         max_steps=STEPS,
         accelerator="cpu",
@@ -65,20 +67,24 @@ def trained(demo_music, music):
         gradient_clip_val=1.0,
     )
     trainer.fit(module, datamodule=data)
-    return module, before, module.heldout_accuracy(held)
+    return module, before, module.heldout_accuracy(held), majority
 
 
 @pytest.mark.slow
 def test_masked_prediction_accuracy_rises_on_heldout_music(trained):
-    module, before, after = trained
-    print(f"held-out masked-prediction accuracy: untrained {before:.3f}, trained {after:.3f}")
+    module, before, after, majority = trained
+    print(
+        f"held-out masked-prediction accuracy: untrained {before:.3f}, trained {after:.3f}, "
+        f"majority-class share {majority:.3f}"
+    )
     assert bool(module.targets_fitted)  # the targets fitted before training were kept
-    assert after >= before + 0.15 and after >= 2 * before
+    # Learning means beating the untrained model and a constant guess of the commonest target.
+    assert after >= before + 0.1 and after >= majority + 0.05
 
 
 @pytest.mark.slow
 def test_ids_of_the_same_piece_are_more_alike_than_of_different_pieces(trained, music):
-    module, _, _ = trained
+    module = trained[0]
     train, heldout = music
     tok = module.tokenizer()
     feats = tok.features(torch.stack([p[: 8 * SPEC.sample_rate] for p in train]))

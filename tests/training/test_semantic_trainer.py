@@ -123,7 +123,7 @@ def test_second_iteration_targets_come_from_the_teacher(tmp_path):
     )
     assert second.target_centroids.shape == (8, MODEL.dim)
     wav = torch.randn(4, 24_000) * 0.1
-    second.fit_targets([{"audio": wav}])
+    second.fit_targets([{"wav": wav}])
     targets = second.targets(wav)
     assert targets.shape == (4, 25) and int(targets.max()) < 8
     loss, accuracy = second.masked_prediction(wav)

@@ -5,18 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from musiclm.sampling import generate as G
-from musiclm.tokenizers.contract import TokenSpec
 from musiclm.training.layout import TokenLayout
 from musiclm.training.transformer import DecoderTransformer, TransformerConfig
 
-SPEC = TokenSpec(
-    acoustic_levels=4,
-    acoustic_codebook_size=16,
-    coarse_levels=2,
-    semantic_vocab=12,
-    mulan_levels=3,
-    mulan_codebook_size=8,
-)
+from .conftest import SPEC
 
 
 def tiny_model(stage: str, seed: int = 0) -> tuple[DecoderTransformer, TokenLayout]:

@@ -68,7 +68,7 @@ sample: install  ## text -> music: PROMPT="..." SECONDS=10
 	$(PY) -m musiclm.sampling.cli --bundle $(BUNDLE) --runs $(RUNS) --text "$(PROMPT)" \
 	  --seconds $(SECONDS) --out $(RUNS)/samples/sample.wav $(ARGS)
 
-demo: install  ## the main job: demo music -> tokenizers -> shards -> three stages -> samples -> report
+demo: install system-deps  ## the main job: demo music -> tokenizers -> shards -> three stages -> samples -> report
 	$(PY) -m musiclm.sampling.demo --demo $(DEMO) --runs $(RUNS) --size $(SIZE) $(ARGS)
 
 bench: install  ## every benchmark under benchmarks/, JSON to $(RUNS)/bench (-P: benchmarks/tokenize.py must not shadow the stdlib)

@@ -140,7 +140,6 @@ def test_trained_mulan_beats_untrained_on_heldout_music(demo_music: Path, tmp_pa
     assert trained_r["queries"] == 6
     assert trained_r["recall@1"] > untrained_r["recall@1"]
     assert trained_r["recall@1"] > trained_r["chance_recall@1"]
-    assert trained_r["recall@5"] >= untrained_r["recall@5"]
 
 
 def test_checkpoint_hooks_keep_the_small_tokenizer_and_skip_a_pretrained_one() -> None:

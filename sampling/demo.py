@@ -13,6 +13,7 @@ continues where the last one stopped):
 3. codebooks + bundle     ``musiclm.pipelines.fit_cli``             -> RUNS/bundle
 4. tokenize train/heldout ``musiclm.pipelines.tokenize_cli``        -> RUNS/tokens/<split>
 5. three stages           ``musiclm.training.cli stage-<s>``        -> RUNS/<s>/.../last.ckpt
+   each scored on the held-out tokens ``musiclm.training.stage_eval`` -> RUNS/eval/stage-<s>.json
 6. three prompts sampled  ``musiclm.sampling.cli``                  -> RUNS/samples/demo_<i>.wav
 7. evaluation report      ``musiclm.sampling.eval_cli``             -> RUNS/eval/report.md
 
@@ -133,6 +134,12 @@ def build_steps(args: argparse.Namespace) -> list[Step]:
             "--ckpt_path", "last",
         )  # fmt: skip
         steps.append(Step(f"stage {stage}", command, runs / stage / DONE_MARK, mark_done=True))
+        report = runs / "eval" / f"stage-{stage}.json"
+        command = python(
+            "musiclm.training.stage_eval", str(runs / stage), "--heldout", str(tokens / "heldout"),
+            "--train", str(tokens / "train"), "--out", str(report),
+        )  # fmt: skip
+        steps.append(Step(f"evaluate stage {stage}", command, report))
     return steps
 
 
@@ -196,6 +203,10 @@ def summary(args: argparse.Namespace, steps: list[Step], prompts: list[str]) -> 
             "fad_generated_vs_heldout": metrics["fad"].get("generated"),
             "fad_noise_vs_heldout": metrics["fad"].get("noise"),
             "kld_tags": metrics.get("kld"),
+            "stages_heldout": {
+                stage: json.loads((runs / "eval" / f"stage-{stage}.json").read_text())
+                for stage in STAGES
+            },
         },
         "outputs": {
             "demo music": str(Path(args.demo)),

@@ -28,7 +28,8 @@ def test_steps_cover_the_pipeline_with_budgets_and_resume(tmp_path):
     assert names == [
         "demo music", "tokenizer soundstream", "tokenizer semantic", "tokenizer mulan",
         "codebooks + bundle", "tokenize train", "tokenize heldout",
-        "stage semantic", "stage coarse", "stage fine",
+        "stage semantic", "evaluate stage semantic", "stage coarse", "evaluate stage coarse",
+        "stage fine", "evaluate stage fine",
     ]  # fmt: skip
     coarse = steps[names.index("stage coarse")].command
     assert coarse[:3] == [sys.executable, "-m", "musiclm.training.cli"]
@@ -36,6 +37,10 @@ def test_steps_cover_the_pipeline_with_budgets_and_resume(tmp_path):
     # budget x time_scale 2
     assert coarse[coarse.index("--trainer.max_time") + 1] == demo.max_time(4.0)
     assert coarse[coarse.index("--ckpt_path") + 1] == "last"  # a rerun resumes
+    # each stage is scored on the held-out tokens against the training split's unigram model
+    scored = steps[names.index("evaluate stage coarse")]
+    assert scored.command[3:5] == [str(tmp_path / "runs" / "coarse"), "--heldout"]
+    assert scored.output == tmp_path / "runs" / "eval" / "stage-coarse.json"
     # the semantic tokenizer and the semantic stage never share a run folder
     semantic_tok = steps[names.index("tokenizer semantic")].command
     root = semantic_tok[semantic_tok.index("--trainer.default_root_dir") + 1]

@@ -1,19 +1,18 @@
 """Stage trainers: gradients reach every parameter, loss falls, conditioning is used,
 checkpoints carry layout and bundle, a killed run resumes, and 2-process DDP trains."""
 
-import math
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from musiclm.training.shard_data import CoarseData, FineData, SemanticData
+from musiclm.training.stage_eval import level_counts, unigram_baselines
 from musiclm.training.stages import (
     CoarseStage,
     FineStage,
@@ -74,27 +73,10 @@ def test_condition_dropout_reaches_the_null_tokens(token_dataset):
         assert bool(module.model.embedding.weight.grad[nulls].any()) == expect
 
 
-def level_counts(batches, layout) -> list[Counter]:
-    counts = [Counter() for _ in range(layout.num_target_levels)]
-    for batch in batches:
-        for level, counter in enumerate(counts):
-            counter.update(batch["tokens"][batch["levels"] == level].tolist())
-    return counts
-
-
-def unigram_baselines(data) -> tuple[float, float]:
-    """Per-token (nats) over the held-out targets: their own unigram entropy, and the cross
-    entropy of the training split's unigram distribution (add-one smoothed) on them."""
+def baselines(data) -> tuple[float, float]:
+    """(held-out unigram entropy, train-unigram cross entropy) of ``data``'s targets."""
     held = level_counts(data.val_dataloader(), data.layout)
-    train = level_counts(data.train_dataloader(), data.layout)
-    entropy = cross = 0.0
-    for level, (h, t) in enumerate(zip(held, train, strict=True)):
-        start, stop = data.layout.target_range(level)
-        n_h, n_t = sum(h.values()), sum(t.values())
-        entropy -= sum(c * math.log(c / n_h) for c in h.values())
-        cross -= sum(c * math.log((t[tok] + 1) / (n_t + stop - start)) for tok, c in h.items())
-    n = sum(sum(h.values()) for h in held)
-    return entropy / n, cross / n
+    return unigram_baselines(held, level_counts(data.train_dataloader(), data.layout), data.layout)
 
 
 def fit(stage, root, tmp_path, steps, crop):
@@ -126,7 +108,7 @@ def test_on_real_music_held_out_loss_beats_the_unigram_model(stage, demo_tokens,
     conditioning test below uses tokens that depend on MuLan by construction.)"""
     crop = {"semantic": 4.0, "coarse": 1.0, "fine": 0.5}[stage]
     data, metrics = fit(stage, demo_tokens, tmp_path, steps=100, crop=crop)
-    entropy, cross = unigram_baselines(data)
+    entropy, cross = baselines(data)
     print(
         f"real {stage}",
         metrics,
@@ -145,7 +127,7 @@ def test_conditioning_is_used_on_structured_tokens(stage, token_dataset, tmp_pat
     data, metrics = fit(
         stage, token_dataset, tmp_path, steps=120 if stage == "coarse" else 80, crop=crop
     )
-    entropy, _ = unigram_baselines(data)
+    entropy, _ = baselines(data)
     print(f"synthetic {stage}", metrics, f"held-out unigram entropy {entropy:.3f}")
     assert metrics["val/loss"] < 0.8 * entropy
     assert metrics["val/loss"] < metrics["val/loss_shuffled_mulan"] - 0.05

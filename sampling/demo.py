@@ -203,6 +203,7 @@ def summary(args: argparse.Namespace, steps: list[Step], prompts: list[str]) -> 
             "fad_generated_vs_heldout": metrics["fad"].get("generated"),
             "fad_noise_vs_heldout": metrics["fad"].get("noise"),
             "kld_tags": metrics.get("kld"),
+            "mcc_ceiling_heldout_music": metrics.get("mcc_reference"),
             "stages_heldout": {
                 stage: json.loads((runs / "eval" / f"stage-{stage}.json").read_text())
                 for stage in STAGES

@@ -13,6 +13,8 @@
   ``transformers`` audio model saved in a local folder.
 - With ``--bundle``, the codec's mel distance and SI-SNR on the reference audio at 1, 4
   and all RVQ levels.
+- With captioned references (sidecar ``caption``), the MCC ceiling: the cycle consistency
+  of the reference music with its own captions, and (with a codec) of its codec round trip.
 - ``--noise-baseline`` adds white noise (each generated clip's length and loudness) as a
   second set: an anchor that generated music should beat.
 - Writes ``report.md``, ``report.png`` and ``metrics.json`` to ``--out``.
@@ -117,6 +119,9 @@ def evaluate(
             "prompts": prompts,
             "matrix": cycle.matrix.tolist(),
         }
+    captions = [sidecar(p).get("caption") for p in reference]
+    if all(captions) and len(set(captions)) > 1:
+        results["mcc_reference"] = reference_cycle(mulan, codec, captions, ref, sample_rate)
     if codec is not None:
         q = codec.num_levels
         levels = sorted({1, min(4, q), q})
@@ -131,6 +136,29 @@ def evaluate(
         "tag temperature": temperature,
     }
     return results
+
+
+def reference_cycle(
+    mulan: Any,
+    codec: Any | None,
+    captions: list[str],
+    clips: list[torch.Tensor],
+    sample_rate: int,
+    seconds: float = 10.0,
+) -> dict[str, dict[str, float]]:
+    """MuLan cycle consistency of the captioned reference music with its own captions: the
+    ceiling a generator's MCC can reach, ``{"reference": {"own", "others"}}``; with a
+    codec also ``"codec round trip"``, the same clips decoded from their codes (what the
+    codec keeps of what MuLan hears). Both use the first ``seconds`` of every clip."""
+    n = metrics.window_length(sample_rate, seconds, clips)
+    sets = {"reference": [clip[:n] for clip in clips]}
+    if codec is not None:
+        sets["codec round trip"] = list(metrics.resynthesize(codec, clips, sample_rate, seconds))
+    out = {}
+    for name, audio in sets.items():
+        cycle = metrics.cycle_consistency(mulan, captions, audio)
+        out[name] = {"own": cycle.own, "others": cycle.others}
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:

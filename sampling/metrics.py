@@ -291,6 +291,18 @@ def codec_round_trip(
     return out
 
 
+@torch.inference_mode()
+def resynthesize(
+    codec: object, clips: Sequence[torch.Tensor], sample_rate: int, seconds: float = 10.0
+) -> torch.Tensor:
+    """``clips`` cut to one length ``n`` (``seconds``, or the shortest clip) and passed
+    through the codec at all RVQ levels: ``[B, n]`` (one batched encode and decode)."""
+    n = window_length(sample_rate, seconds, clips)
+    batch = torch.stack([clip[:n] for clip in clips])[:, None].float()
+    device = next(codec.parameters()).device
+    return codec.decode(codec.encode(batch.to(device))).float().cpu()[:, 0, :n]
+
+
 def join_discontinuity(
     audio: torch.Tensor, sample_rate: int, joins: Sequence[float], hop_seconds: float = 0.01
 ) -> dict[str, float]:

@@ -6,6 +6,7 @@ Input is the dictionary :mod:`musiclm.sampling.eval_cli` builds::
      "kld": float | None,                                   # KL(reference tags || generated tags)
      "mcc": {"own": float, "others": float, "prompts": [...], "matrix": [[...]]} | None,
      "codec": {"levels": [1, 4, 12], "mel_distance": [...], "si_snr": [...]} | None,
+     "mcc_reference": {"reference" | "codec round trip": {"own", "others"}} | absent,
      "setup": {...}}                                        # what was compared, with what
 """
 
@@ -67,6 +68,16 @@ def markdown(results: dict[str, Any], plot_name: str) -> str:
             rest = [row[j] for j in range(len(row)) if j != i]
             others = sum(rest) / len(rest) if rest else None
             lines.append(f"| {prompt} | {_fmt(row[i])} | {_fmt(others)} |")
+        lines.append("")
+    ceiling = results.get("mcc_reference")
+    if ceiling:
+        lines += [
+            "## MuLan cycle consistency of the captioned reference music (the MCC ceiling)",
+            "",
+            "| audio | own caption | other captions |",
+            "| --- | --- | --- |",
+        ]
+        lines += [f"| {k} | {_fmt(v['own'])} | {_fmt(v['others'])} |" for k, v in ceiling.items()]
         lines.append("")
     codec = results.get("codec")
     if codec:

@@ -198,12 +198,28 @@ def test_eval_with_a_bundle_reports_codec_quality(bundle_dir, tmp_path):
 
     prompts = ["a slow organ chorale", "fast piano jazz"]
     _write_set(tmp_path / "gen", _tones([220, 440], seconds=1.2), prompts, "text")
-    _write_set(tmp_path / "ref", _tones([262, 523], seconds=1.2), [["organ"], ["piano"]], "tags")
+    _write_set(tmp_path / "ref", _tones([262, 523], seconds=1.2), prompts, "caption")
     eval_cli.main(
         ["--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "ref"),
          "--bundle", str(bundle_dir), "--window-seconds", "1.0", "--out", str(tmp_path / "e")]
     )  # fmt: skip
-    codec = json.loads((tmp_path / "e" / "metrics.json").read_text())["codec"]
+    results = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    codec = results["codec"]
     assert codec["levels"] == [1, 4]
     assert all(np.isfinite(codec["mel_distance"])) and all(np.isfinite(codec["si_snr"]))
-    assert "Codec round trip" in (tmp_path / "e" / "report.md").read_text()
+    report = (tmp_path / "e" / "report.md").read_text()
+    assert "Codec round trip" in report and "MCC ceiling" in report
+    # the ceiling: captioned references with their own captions, raw and through the codec
+    ceiling = results["mcc_reference"]
+    assert set(ceiling) == {"reference", "codec round trip"}
+    assert all(-1 <= v <= 1 for row in ceiling.values() for v in row.values())
+
+
+def test_resynthesis_keeps_the_cut_length_and_differs_from_the_input(bundle_dir):
+    from musiclm.tokenizers.bundle import load_bundle
+
+    codec = load_bundle(bundle_dir).codec
+    clips = _tones([220, 330], seconds=1.3) + _tones([440], seconds=0.7)
+    out = metrics.resynthesize(codec, clips, 24_000, seconds=1.0)
+    assert out.shape == (3, int(0.7 * 24_000))  # cut to the shortest clip
+    assert not torch.allclose(out, torch.stack([c[: out.shape[1]] for c in clips]))

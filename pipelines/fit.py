@@ -166,14 +166,7 @@ def bundle_spec(codec: Any, semantic: Any, mulan: Any) -> TokenSpec:
     problems = []
     if getattr(semantic, "spec", spec) != spec:
         problems.append(f"semantic spec {semantic.spec} != MuLan spec {spec}")
-    for attr, want in (
-        ("sample_rate", spec.sample_rate),
-        ("hop", spec.acoustic_hop),
-        ("num_levels", spec.acoustic_levels),
-        ("codebook_size", spec.acoustic_codebook_size),
-    ):
-        if getattr(codec, attr) != want:
-            problems.append(f"codec {attr}={getattr(codec, attr)} but the spec says {want}")
+    problems += spec.codec_mismatches(codec)
     if problems:
         raise ValueError(
             "the three tokenizers were built for different token specs: "

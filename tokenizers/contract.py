@@ -146,6 +146,21 @@ class TokenSpec:
         if problems:
             raise ValueError("sample breaks the token contract: " + "; ".join(problems))
 
+    def codec_mismatches(self, codec: Any) -> list[str]:
+        """Each way an acoustic codec (``sample_rate``, ``hop``, ``num_levels``,
+        ``codebook_size`` attributes: SoundStream or EnCodec) disagrees with this spec."""
+        pairs = (
+            ("sample_rate", "sample_rate"),
+            ("hop", "acoustic_hop"),
+            ("num_levels", "acoustic_levels"),
+            ("codebook_size", "acoustic_codebook_size"),
+        )
+        return [
+            f"codec {mine}={getattr(codec, mine)} but spec {theirs}={getattr(self, theirs)}"
+            for mine, theirs in pairs
+            if getattr(codec, mine) != getattr(self, theirs)
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -148,17 +148,7 @@ def check_codec_spec(codec: Any, spec: Any) -> None:
     ``codec`` has ``sample_rate``, ``hop``, ``num_levels`` and ``codebook_size`` (SoundStream
     or EnCodec); ``spec`` is a :class:`~musiclm.tokenizers.contract.TokenSpec`.
     """
-    pairs = (
-        ("sample_rate", "sample_rate"),
-        ("hop", "acoustic_hop"),
-        ("num_levels", "acoustic_levels"),
-        ("codebook_size", "acoustic_codebook_size"),
-    )
-    problems = [
-        f"codec {mine}={getattr(codec, mine)} but spec {theirs}={getattr(spec, theirs)}"
-        for mine, theirs in pairs
-        if getattr(codec, mine) != getattr(spec, theirs)
-    ]
+    problems = spec.codec_mismatches(codec)
     if problems:
         raise ValueError(
             "the acoustic codec does not match the token spec: "

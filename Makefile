@@ -58,7 +58,8 @@ tokenizers: install  ## train the three tokenizers, fit k-means/RVQ codebooks, w
 	$(PY) -m musiclm.pipelines.fit_cli --dataset $(DATASET) --runs $(RUNS)/tokenizers --size $(SIZE) --out $(BUNDLE) $(ARGS)
 
 tokenize: install  ## tokenize DATASET into webdataset shards at OUT with the bundle at BUNDLE
-	$(PY) -m musiclm.pipelines.tokenize_cli --dataset $(DATASET) --bundle $(BUNDLE) --out $(OUT) $(ARGS)
+	$(PY) -m musiclm.pipelines.tokenize_cli --dataset $(DATASET) --bundle $(BUNDLE) --out $(OUT) \
+	  --config configs/pipelines/tokenize/$(SIZE).yaml $(ARGS)
 
 train-stage: install  ## train one stage on shards: STAGE=semantic|coarse|fine DATA=... SIZE=...
 	$(PY) -m musiclm.training.cli stage-$(STAGE) --config configs/stages/$(STAGE)/$(SIZE).yaml \

@@ -122,6 +122,7 @@ def build_steps(args: argparse.Namespace) -> list[Step]:
         command = python(
             "musiclm.pipelines.tokenize_cli", "--dataset", str(demo / split),
             "--bundle", str(bundle), "--out", str(tokens / split),
+            "--config", f"configs/pipelines/tokenize/{size}.yaml",
         )  # fmt: skip
         steps.append(Step(f"tokenize {split}", command, tokens / split / "dataset.json"))
     for stage in STAGES:

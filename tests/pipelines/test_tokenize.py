@@ -294,3 +294,23 @@ def test_missing_bundle_is_a_plain_error(tmp_path, capsys):
         tokenize_cli.main(
             ["--dataset", str(tmp_path), "--bundle", str(tmp_path), "--out", str(tmp_path / "o")]
         )
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "paper"])
+def test_size_configs_load_into_the_pipeline_options(size):
+    """``make tokenize SIZE=...`` and ``make tokenizers SIZE=...`` read these YAML files."""
+    import argparse
+
+    import yaml
+    from musiclm.pipelines.cli_args import add_config_flags, parse_config
+    from musiclm.pipelines.fit import FitConfig
+
+    configs = Path(__file__).resolve().parents[2] / "configs" / "pipelines"
+    for kind, config_class in (("tokenize", TokenizeConfig), ("fit", FitConfig)):
+        parser = argparse.ArgumentParser()
+        add_config_flags(parser, config_class)
+        path = configs / kind / f"{size}.yaml"
+        _, config, beam_args = parse_config(parser, config_class, ["--config", str(path)])
+        assert beam_args == []
+        for key, value in yaml.safe_load(path.read_text()).items():
+            assert getattr(config, key) == value

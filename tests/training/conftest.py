@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import pytorch_lightning as pl
 import torch
 import webdataset as wds
 from musiclm.tokenizers.contract import (
@@ -198,3 +199,22 @@ def demo_tokens(tmp_path_factory, demo_music: Path) -> Path:
     clips = ["--clip_seconds", "4", "--hop_seconds", "2", "--min_seconds", "2"]
     tokenize_cli.main([*paths, *clips, "--num_shards", "4", "--threads", "1", *IN_MEMORY_BEAM])
     return out
+
+
+def _quiet_trainer(root: Path, steps: int) -> pl.Trainer:
+    """A CPU Trainer for ``steps`` steps with no logger, bars, summary or validation."""
+    return pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=root,
+    )
+
+
+@pytest.fixture(scope="session")
+def quiet_trainer():
+    """The Trainer factory :func:`_quiet_trainer` ``(root, steps)``."""
+    return _quiet_trainer

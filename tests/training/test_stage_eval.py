@@ -28,18 +28,12 @@ def test_unigram_baselines_match_hand_computation() -> None:
         unigram_baselines([Counter()], train, layout)
 
 
-def test_cli_reports_losses_conditioning_and_baselines(token_dataset, tmp_path) -> None:
+def test_cli_reports_losses_conditioning_and_baselines(
+    token_dataset, tmp_path, quiet_trainer
+) -> None:
     pl.seed_everything(0)
     data = CoarseData(str(token_dataset), crop_seconds=1.0, batch_size=4, num_workers=0)
-    trainer = pl.Trainer(
-        max_steps=3,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, steps=3)
     trainer.fit(CoarseStage(**TINY), datamodule=data)
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     trainer.save_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")

@@ -134,18 +134,12 @@ def test_conditioning_is_used_on_structured_tokens(stage, token_dataset, tmp_pat
     assert metrics["val/loss"] < metrics["val/loss_null"]
 
 
-def test_checkpoint_carries_layout_and_bundle_and_loads_for_sampling(token_dataset, tmp_path):
+def test_checkpoint_carries_layout_and_bundle_and_loads_for_sampling(
+    token_dataset, tmp_path, quiet_trainer
+):
     data = data_for("coarse", token_dataset)
     module = STAGES["coarse"][0](**TINY)
-    trainer = pl.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, steps=2)
     trainer.fit(module, datamodule=data)
     path = tmp_path / "coarse.ckpt"
     trainer.save_checkpoint(path)

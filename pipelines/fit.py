@@ -161,19 +161,36 @@ def _rows(clip: Clip, name: str) -> np.ndarray:
 
 
 def bundle_spec(codec: Any, semantic: Any, mulan: Any) -> TokenSpec:
-    """The spec the three components share; a plain error naming what disagrees."""
-    spec = mulan.spec
-    problems = []
-    if getattr(semantic, "spec", spec) != spec:
-        problems.append(f"semantic spec {semantic.spec} != MuLan spec {spec}")
-    problems += spec.codec_mismatches(codec)
-    if problems:
+    """The bundle's token spec, each field from the component that owns it.
+
+    Acoustic fields (hop, levels, codebook size) come from the codec, ``semantic_rate`` and
+    ``semantic_vocab`` from the semantic tokenizer, the MuLan fields and ``coarse_levels``
+    from MuLan; the three must share a sample rate. So a pretrained codec of another hop
+    (EnCodec: 320) or a CLAP of another width (512) combines with tokenizers trained at the
+    paper's spec. A plain error names what disagrees or what does not fit together.
+    """
+    rates = {
+        "codec": codec.sample_rate,
+        "semantic tokenizer": semantic.spec.sample_rate,
+        "MuLan": mulan.spec.sample_rate,
+    }
+    if len(set(rates.values())) > 1:
         raise ValueError(
-            "the three tokenizers were built for different token specs: "
-            + "; ".join(problems)
+            "the three tokenizers were built for different token specs: sample rates "
+            + ", ".join(f"{name} {rate} Hz" for name, rate in rates.items())
             + ". Train them with configs of one size."
         )
-    return spec
+    try:
+        return dataclasses.replace(
+            mulan.spec,
+            acoustic_hop=codec.hop,
+            acoustic_levels=codec.num_levels,
+            acoustic_codebook_size=codec.codebook_size,
+            semantic_rate=semantic.spec.semantic_rate,
+            semantic_vocab=semantic.spec.semantic_vocab,
+        )
+    except ValueError as error:
+        raise ValueError(f"the three tokenizers do not make one token spec: {error}") from error
 
 
 def fit_bundle(
@@ -233,6 +250,8 @@ def fit_bundle(
     )
     models["semantic"].set_centroids(centroids)
     models["mulan"].set_codebooks(books)
+    for name in ("semantic", "mulan"):  # saved with the spec of the bundle they are part of
+        models[name].spec = spec
 
     root = Path(out)
     for name in COMPONENTS:

@@ -18,6 +18,7 @@ Callers cast tokens to int16 when storing (contract ``TOKEN_DTYPE``).
 
 from __future__ import annotations
 
+import abc
 import json
 import warnings
 from collections.abc import Iterable
@@ -40,75 +41,34 @@ TINY_AUDIO = AudioTowerConfig(n_mels=32, stem_width=8, widths=[8, 16], blocks=[1
 TINY_TEXT = TextTowerConfig(kind="small", vocab_size=200, width=32, layers=1, heads=2, ff=64)
 
 
-class MuLanTokenizer(nn.Module):
-    """Audio and text towers sharing one ``spec.mulan_dim`` space, plus RVQ codebooks.
+class MuLanTokens(nn.Module, abc.ABC):
+    """What every MuLan-like model shares: the spec's windows and the RVQ codebooks.
 
-    ``codebooks`` (float32 ``[L, K, D]``) may be ``None`` until :func:`fit_codebooks` has
-    run: embeddings work without them, tokens do not.
+    Subclasses provide ``audio_embedding(wav [B, N]) -> [B, D]``,
+    ``text_embedding(prompts) -> [B, D]`` and ``codebook_device``. ``codebooks`` (float32
+    ``[L, K, D]``) may be ``None`` until :func:`fit_codebooks` has run: embeddings work
+    without them, tokens do not.
     """
 
-    def __init__(
-        self,
-        audio: AudioTower,
-        text: TextTower,
-        spec: TokenSpec | None = None,
-        codebooks: torch.Tensor | np.ndarray | None = None,
-    ) -> None:
+    def __init__(self, spec: TokenSpec | None = None) -> None:
         super().__init__()
         self.spec = spec or TokenSpec()
-        for name, tower_dim in (("audio", audio.config.dim), ("text", text.config.dim)):
-            if tower_dim != self.spec.mulan_dim:
-                raise ValueError(
-                    f"the {name} tower projects to {tower_dim} dims but spec.mulan_dim is "
-                    f"{self.spec.mulan_dim}; set the tower's `dim` to {self.spec.mulan_dim}"
-                )
-        if audio.config.sample_rate != self.spec.sample_rate:
-            raise ValueError(
-                f"audio tower runs at {audio.config.sample_rate} Hz but the spec at "
-                f"{self.spec.sample_rate} Hz; set the tower's sample_rate to match"
-            )
-        window, stride = self.window_samples, self.stride_samples
-        for name, samples in (("window", window), ("stride", stride)):
-            if samples % audio.config.hop:
-                raise ValueError(
-                    f"MuLan {name} of {samples} samples is not a multiple of the audio tower's "
-                    f"hop ({audio.config.hop}); pick a hop that divides both"
-                )
-        self.audio_tower = audio
-        self.text_tower = text
         self.register_buffer("codebooks", None, persistent=False)
-        if codebooks is not None:
-            self.set_codebooks(codebooks)
 
-    # ----- construction ------------------------------------------------------------------
-    @classmethod
-    def build(
-        cls,
-        audio: AudioTowerConfig,
-        text: TextTowerConfig,
-        spec: TokenSpec | None = None,
-        captions: Iterable[str] | None = None,
-    ) -> MuLanTokenizer:
-        """Untrained towers from configs; ``captions`` train a small text tower's tokenizer."""
-        model = cls(AudioTower(audio), TextTower(text), spec)
-        if captions is not None:
-            model.text_tower.train_tokenizer(captions)
-        return model
+    @property
+    @abc.abstractmethod
+    def codebook_device(self) -> torch.device:
+        """Where the codebooks (and the model) live."""
 
-    @classmethod
-    def tiny(cls, captions: Iterable[str], spec: TokenSpec | None = None) -> MuLanTokenizer:
-        """A tiny untrained MuLan (seconds to build and run) for tests and smoke runs.
+    @abc.abstractmethod
+    def audio_embedding(self, wav: torch.Tensor) -> torch.Tensor:
+        """Mean embedding over the spec's windows: ``wav [B, N]`` -> ``[B, D]``."""
 
-        ``captions`` train the small text tower's WordPiece tokenizer.
-        """
-        spec = spec or TokenSpec()
-        audio = AudioTowerConfig(
-            **{**TINY_AUDIO.to_dict(), "sample_rate": spec.sample_rate, "dim": spec.mulan_dim}
-        )
-        text = TextTowerConfig(**{**TINY_TEXT.to_dict(), "dim": spec.mulan_dim})
-        return cls.build(audio, text, spec, captions)
+    @abc.abstractmethod
+    def text_embedding(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts (B non-empty strings) -> unit-norm embeddings ``[B, D]``."""
 
-    # ----- embeddings --------------------------------------------------------------------
+    # ----- windows -----------------------------------------------------------------------
     @property
     def window_samples(self) -> int:
         return round(self.spec.mulan_window_seconds * self.spec.sample_rate)
@@ -123,43 +83,7 @@ class MuLanTokenizer(nn.Module):
             return 1
         return 1 + (num_samples - self.window_samples) // self.stride_samples
 
-    @torch.inference_mode()
-    def audio_embedding(self, wav: torch.Tensor) -> torch.Tensor:
-        """Mean audio embedding over windows: ``wav [B, N]`` at ``spec.sample_rate`` -> ``[B, D]``.
-
-        Windows of ``spec.mulan_window_seconds`` start every ``spec.mulan_stride_seconds``
-        (0, 1, 2, ... s for the paper); a tail shorter than one stride after the last whole
-        window is not covered. The result is the plain mean of the windows' unit-norm
-        embeddings (norm <= 1, not renormalized). A clip shorter than one window is **used
-        whole** (one window of its own length, no padding: the ResNet pools globally, and
-        zero padding would mix silence into the embedding).
-
-        All windows of the batch go through the tower in one call: the clip's log-mel
-        frames are computed once and unfolded into windows (a window's frames are exactly
-        a slice of the clip's frames, since window and stride are multiples of the hop).
-        Memory grows with ``B x windows``: pass clips (the tokenize pipeline cuts them, 30 s
-        = 21 windows), not whole albums.
-        """
-        frames = self.audio_tower.log_mel(wav.to(self.codebook_device))
-        if wav.shape[1] <= self.window_samples:
-            return self.audio_tower.embed_log_mel(frames)
-        hop = self.audio_tower.config.hop
-        per_window = 1 + (self.window_samples - self.audio_tower.config.n_fft) // hop
-        windows = frames.unfold(2, per_window, self.stride_samples // hop)  # [B, M, W, Fw]
-        batch, mels, count, _ = windows.shape
-        flat = windows.permute(0, 2, 1, 3).reshape(batch * count, mels, per_window)
-        return self.audio_tower.embed_log_mel(flat).reshape(batch, count, -1).mean(dim=1)
-
-    @torch.inference_mode()
-    def text_embedding(self, prompts: list[str]) -> torch.Tensor:
-        """Prompts (list of B non-empty strings) -> unit-norm embeddings ``[B, D]``."""
-        return self.text_tower(prompts)
-
     # ----- tokens ------------------------------------------------------------------------
-    @property
-    def codebook_device(self) -> torch.device:
-        return self.audio_tower.proj.weight.device
-
     def set_codebooks(self, codebooks: torch.Tensor | np.ndarray) -> None:
         """Install RVQ codebooks ``[spec.mulan_levels, K, spec.mulan_dim]`` (K <= codebook size)."""
         books = torch.as_tensor(np.asarray(codebooks, dtype=np.float32))
@@ -206,6 +130,121 @@ class MuLanTokenizer(nn.Module):
         return self.quantize(self.audio_embedding(wav))
 
     # ----- persistence -------------------------------------------------------------------
+    def save_codebooks(self, directory: Path) -> None:
+        """``codebooks.npy`` (float32 ``[L, K, D]``) when fitted; a stale one is removed."""
+        path = directory / CODEBOOKS_FILE
+        if self.codebooks is not None:
+            np.save(path, self.codebooks.cpu().numpy(), allow_pickle=False)
+        elif path.exists():
+            path.unlink()
+
+    def load_codebooks(self, directory: Path) -> None:
+        """Install ``directory/codebooks.npy`` if there is one."""
+        path = directory / CODEBOOKS_FILE
+        if path.is_file():
+            self.set_codebooks(np.load(path, allow_pickle=False))
+
+
+class MuLanTokenizer(MuLanTokens):
+    """Audio and text towers sharing one ``spec.mulan_dim`` space, plus RVQ codebooks."""
+
+    def __init__(
+        self,
+        audio: AudioTower,
+        text: TextTower,
+        spec: TokenSpec | None = None,
+        codebooks: torch.Tensor | np.ndarray | None = None,
+    ) -> None:
+        super().__init__(spec)
+        for name, tower_dim in (("audio", audio.config.dim), ("text", text.config.dim)):
+            if tower_dim != self.spec.mulan_dim:
+                raise ValueError(
+                    f"the {name} tower projects to {tower_dim} dims but spec.mulan_dim is "
+                    f"{self.spec.mulan_dim}; set the tower's `dim` to {self.spec.mulan_dim}"
+                )
+        if audio.config.sample_rate != self.spec.sample_rate:
+            raise ValueError(
+                f"audio tower runs at {audio.config.sample_rate} Hz but the spec at "
+                f"{self.spec.sample_rate} Hz; set the tower's sample_rate to match"
+            )
+        window, stride = self.window_samples, self.stride_samples
+        for name, samples in (("window", window), ("stride", stride)):
+            if samples % audio.config.hop:
+                raise ValueError(
+                    f"MuLan {name} of {samples} samples is not a multiple of the audio tower's "
+                    f"hop ({audio.config.hop}); pick a hop that divides both"
+                )
+        self.audio_tower = audio
+        self.text_tower = text
+        if codebooks is not None:
+            self.set_codebooks(codebooks)
+
+    # ----- construction ------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        audio: AudioTowerConfig,
+        text: TextTowerConfig,
+        spec: TokenSpec | None = None,
+        captions: Iterable[str] | None = None,
+    ) -> MuLanTokenizer:
+        """Untrained towers from configs; ``captions`` train a small text tower's tokenizer."""
+        model = cls(AudioTower(audio), TextTower(text), spec)
+        if captions is not None:
+            model.text_tower.train_tokenizer(captions)
+        return model
+
+    @classmethod
+    def tiny(cls, captions: Iterable[str], spec: TokenSpec | None = None) -> MuLanTokenizer:
+        """A tiny untrained MuLan (seconds to build and run) for tests and smoke runs.
+
+        ``captions`` train the small text tower's WordPiece tokenizer.
+        """
+        spec = spec or TokenSpec()
+        audio = AudioTowerConfig(
+            **{**TINY_AUDIO.to_dict(), "sample_rate": spec.sample_rate, "dim": spec.mulan_dim}
+        )
+        text = TextTowerConfig(**{**TINY_TEXT.to_dict(), "dim": spec.mulan_dim})
+        return cls.build(audio, text, spec, captions)
+
+    # ----- embeddings --------------------------------------------------------------------
+    @torch.inference_mode()
+    def audio_embedding(self, wav: torch.Tensor) -> torch.Tensor:
+        """Mean audio embedding over windows: ``wav [B, N]`` at ``spec.sample_rate`` -> ``[B, D]``.
+
+        Windows of ``spec.mulan_window_seconds`` start every ``spec.mulan_stride_seconds``
+        (0, 1, 2, ... s for the paper); a tail shorter than one stride after the last whole
+        window is not covered. The result is the plain mean of the windows' unit-norm
+        embeddings (norm <= 1, not renormalized). A clip shorter than one window is **used
+        whole** (one window of its own length, no padding: the ResNet pools globally, and
+        zero padding would mix silence into the embedding).
+
+        All windows of the batch go through the tower in one call: the clip's log-mel
+        frames are computed once and unfolded into windows (a window's frames are exactly
+        a slice of the clip's frames, since window and stride are multiples of the hop).
+        Memory grows with ``B x windows``: pass clips (the tokenize pipeline cuts them, 30 s
+        = 21 windows), not whole albums.
+        """
+        frames = self.audio_tower.log_mel(wav.to(self.codebook_device))
+        if wav.shape[1] <= self.window_samples:
+            return self.audio_tower.embed_log_mel(frames)
+        hop = self.audio_tower.config.hop
+        per_window = 1 + (self.window_samples - self.audio_tower.config.n_fft) // hop
+        windows = frames.unfold(2, per_window, self.stride_samples // hop)  # [B, M, W, Fw]
+        batch, mels, count, _ = windows.shape
+        flat = windows.permute(0, 2, 1, 3).reshape(batch * count, mels, per_window)
+        return self.audio_tower.embed_log_mel(flat).reshape(batch, count, -1).mean(dim=1)
+
+    @torch.inference_mode()
+    def text_embedding(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts (list of B non-empty strings) -> unit-norm embeddings ``[B, D]``."""
+        return self.text_tower(prompts)
+
+    @property
+    def codebook_device(self) -> torch.device:
+        return self.audio_tower.proj.weight.device
+
+    # ----- persistence -------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
         """Write ``config.json`` (kind "mulan"), ``audio.pt``, ``text/`` and, when fitted,
         ``codebooks.npy`` (float32 ``[L, K, D]``) to ``directory``."""
@@ -219,11 +258,7 @@ class MuLanTokenizer(nn.Module):
         (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         torch.save(self.audio_tower.state_dict(), directory / "audio.pt")
         self.text_tower.save(directory / "text")
-        stale = directory / CODEBOOKS_FILE
-        if self.codebooks is not None:
-            np.save(stale, self.codebooks.cpu().numpy(), allow_pickle=False)
-        elif stale.exists():
-            stale.unlink()
+        self.save_codebooks(directory)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> MuLanTokenizer:
@@ -239,11 +274,8 @@ class MuLanTokenizer(nn.Module):
         weights = torch.load(directory / "audio.pt", map_location="cpu", weights_only=True)
         audio.load_state_dict(weights)
         text = TextTower.load(directory / "text")
-        books_path = directory / CODEBOOKS_FILE
-        books = np.load(books_path, allow_pickle=False) if books_path.is_file() else None
         model = cls(audio, text, TokenSpec.from_dict(config["spec"])).to(device)
-        if books is not None:
-            model.set_codebooks(books)
+        model.load_codebooks(directory)
         return model.eval()
 
 

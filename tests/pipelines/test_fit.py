@@ -71,12 +71,29 @@ def test_fit_writes_a_bundle_that_tokenizes(tiny_bundle, tiny_components, demo_m
         assert torch.equal(a, b), name
 
 
-def test_components_of_other_specs_are_refused(tiny_components):
+def test_bundle_spec_takes_each_field_from_its_component(tiny_components):
     codec = load_component(tiny_components["codec"])
     mulan = load_component(tiny_components["mulan"])
-    other = type("Semantic", (), {"spec": TokenSpec()})()
-    with pytest.raises(ValueError, match="different token specs"):
-        bundle_spec(codec, other, mulan)
+    semantic = type("Semantic", (), {"spec": TokenSpec(semantic_vocab=512)})()
+    spec = bundle_spec(codec, semantic, mulan)
+    assert spec.semantic_vocab == 512  # from the semantic tokenizer
+    assert (spec.acoustic_levels, spec.acoustic_codebook_size) == (4, 64)  # from the codec
+    assert (spec.mulan_dim, spec.coarse_levels) == (16, 2)  # from MuLan
+    # a codec of another hop (EnCodec: 320, 75 Hz) gives 3 acoustic frames per semantic one
+    encodec_like = type("Codec", (), {"sample_rate": 24_000, "hop": 320, "num_levels": 8,
+                                      "codebook_size": 1024})()  # fmt: skip
+    assert bundle_spec(encodec_like, semantic, mulan).acoustic_per_semantic == 3
+
+
+def test_components_that_do_not_fit_together_are_refused(tiny_components):
+    codec = load_component(tiny_components["codec"])
+    mulan = load_component(tiny_components["mulan"])
+    other_rate = type("Semantic", (), {"spec": TokenSpec(sample_rate=16_000, acoustic_hop=320)})()
+    with pytest.raises(ValueError, match="sample rates codec 24000 Hz, semantic tokenizer 16000"):
+        bundle_spec(codec, other_rate, mulan)
+    odd_rate = type("Semantic", (), {"spec": TokenSpec(semantic_rate=30, acoustic_hop=400)})()
+    with pytest.raises(ValueError, match="do not make one token spec: semantic_rate 30"):
+        bundle_spec(codec, odd_rate, mulan)
 
 
 def test_missing_component_names_the_fix(tmp_path, demo_music):

@@ -32,6 +32,7 @@ COMPONENT_KINDS = {
     "encodec": "musiclm.tokenizers.encodec_backend:EncodecCodec",
     "semantic": "musiclm.tokenizers.semantic:SemanticTokenizer",
     "mulan": "musiclm.tokenizers.mulan:MuLanTokenizer",
+    "clap": "musiclm.tokenizers.clap_backend:ClapMuLan",
 }
 
 

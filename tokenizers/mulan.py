@@ -23,7 +23,7 @@ import json
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -49,6 +49,8 @@ class MuLanTokens(nn.Module, abc.ABC):
     ``[L, K, D]``) may be ``None`` until :func:`fit_codebooks` has run: embeddings work
     without them, tokens do not.
     """
+
+    kind: ClassVar[str]  # the "kind" of its saved config.json
 
     def __init__(self, spec: TokenSpec | None = None) -> None:
         super().__init__()
@@ -138,6 +140,17 @@ class MuLanTokens(nn.Module, abc.ABC):
         elif path.exists():
             path.unlink()
 
+    @classmethod
+    def read_config(cls, directory: Path) -> dict[str, Any]:
+        """``directory/config.json``, refused unless it is of this class's ``kind``."""
+        path = directory / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} has no config.json: not a saved {cls.kind} model")
+        config: dict[str, Any] = json.loads(path.read_text())
+        if config.get("kind") != cls.kind:
+            raise ValueError(f"{directory} holds a {config.get('kind')!r} model, not {cls.kind}")
+        return config
+
     def load_codebooks(self, directory: Path) -> None:
         """Install ``directory/codebooks.npy`` if there is one."""
         path = directory / CODEBOOKS_FILE
@@ -147,6 +160,8 @@ class MuLanTokens(nn.Module, abc.ABC):
 
 class MuLanTokenizer(MuLanTokens):
     """Audio and text towers sharing one ``spec.mulan_dim`` space, plus RVQ codebooks."""
+
+    kind = KIND
 
     def __init__(
         self,
@@ -264,12 +279,7 @@ class MuLanTokenizer(MuLanTokens):
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> MuLanTokenizer:
         """Load a saved MuLan (with or without codebooks) in eval mode on ``device``."""
         directory = Path(directory)
-        path = directory / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{directory} has no config.json: not a saved MuLan")
-        config: dict[str, Any] = json.loads(path.read_text())
-        if config.get("kind") != KIND:
-            raise ValueError(f"{directory} holds a {config.get('kind')!r} model, not MuLan")
+        config = cls.read_config(directory)
         audio = AudioTower(AudioTowerConfig(**config["audio"]))
         weights = torch.load(directory / "audio.pt", map_location="cpu", weights_only=True)
         audio.load_state_dict(weights)

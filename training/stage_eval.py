@@ -112,8 +112,12 @@ def evaluate_stage(
         )
 
     held_data = loader(heldout)
-    trainer = pl.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    trainer = pl.Trainer(  # one device: a GPU when there is one
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     (metrics,) = trainer.validate(module, datamodule=held_data, verbose=False)
     layout = held_data.layout

@@ -72,9 +72,9 @@ sample: install  ## text -> music: PROMPT="..." SECONDS=10
 demo: install system-deps  ## the main job: demo music -> tokenizers -> shards -> three stages -> samples -> report
 	$(PY) -m musiclm.sampling.demo --demo $(DEMO) --runs $(RUNS) --size $(SIZE) $(ARGS)
 
-bench: install  ## every benchmark under benchmarks/, JSON to $(RUNS)/bench (-P: benchmarks/tokenize.py must not shadow the stdlib)
+bench: install  ## every benchmark under benchmarks/, JSON to $(RUNS)/bench
 	mkdir -p $(RUNS)/bench
-	for b in benchmarks/*.py; do $(PY) -P $$b | tee $(RUNS)/bench/$$(basename $$b .py).json; done
+	for b in benchmarks/*.py; do $(PY) $$b | tee $(RUNS)/bench/$$(basename $$b .py).json; done
 
 clean:  ## remove runs and caches (keeps .venv and data)
 	rm -rf $(RUNS) .pytest_cache .ruff_cache

@@ -2,7 +2,7 @@
 
 Prints one JSON object::
 
-    python -P benchmarks/mulan.py [--size small|tiny|paper] [--model DIR] [--clips 4]
+    python benchmarks/mulan.py [--size small|tiny|paper] [--model DIR] [--clips 4]
         [--points 16384] [--codebook-size 1024] [--embeddings emb.npy]
 
 * ``embedding``: windows/s and clips/s of ``audio_embedding`` on 30 s clips (21 windows of

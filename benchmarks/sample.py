@@ -24,20 +24,15 @@ import argparse
 import itertools
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
-# `python benchmarks/sample.py` puts benchmarks/ first on sys.path, where tokenize.py would
-# shadow the standard library's tokenize module (imported by torch through inspect).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from musiclm.sampling.generate import PAPER_TEMPERATURES, RowRandom, SamplingSettings, generate  # noqa: E402
-from musiclm.tokenizers.contract import TokenSpec  # noqa: E402
-from musiclm.training.layout import TokenLayout  # noqa: E402
-from musiclm.training.transformer import DecoderTransformer, TransformerConfig  # noqa: E402
+import torch
+import yaml
+from musiclm.sampling.generate import PAPER_TEMPERATURES, RowRandom, SamplingSettings, generate
+from musiclm.tokenizers.contract import TokenSpec
+from musiclm.training.layout import TokenLayout
+from musiclm.training.transformer import DecoderTransformer, TransformerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_KEYS = ("dim", "depth", "heads", "ff_dim", "position", "num_buckets", "max_distance")

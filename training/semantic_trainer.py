@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from musiclm.tokenizers.contract import TokenSpec
 from musiclm.tokenizers.kmeans import FeatureReservoir, fit_kmeans
+from musiclm.tokenizers.rvq import nearest_code
 from musiclm.tokenizers.semantic import SemanticTokenizer
 from musiclm.tokenizers.semantic_model import (
     SemanticFeatureModel,
@@ -100,14 +101,9 @@ class SemanticModule(pl.LightningModule):
     def targets(self, wav: torch.Tensor) -> torch.Tensor:
         """[B, N] audio -> target ids long [B, T] (nearest target centroid per frame)."""
         with torch.autocast(wav.device.type, enabled=False):  # exact distances under AMP
-            feats = self.target_features(wav.float()).float()
-            centroids = self.target_centroids.float()
-            dist = (
-                feats.pow(2).sum(-1, keepdim=True)
-                - 2 * feats @ centroids.T
-                + centroids.pow(2).sum(-1)[None, None]
-            )
-        return dist.argmin(-1)
+            feats = self.target_features(wav.float())
+            ids = nearest_code(feats.reshape(-1, feats.shape[-1]), self.target_centroids)
+        return ids.reshape(feats.shape[:-1])
 
     def fit_targets(self, batches: Any) -> None:
         """Fit the target centroids on a reservoir of target-feature rows of ``batches``."""

@@ -21,25 +21,19 @@ by the fit pipeline on the benchmark audio). Audio: synthetic music-like signals
 partials + noise) written as 44.1 kHz stereo FLAC, so decoding, down-mixing and
 resampling are part of the pipeline's cost as with real catalogues.
 
-Usage: ``python benchmarks/tokenize.py [--files 8] [--seconds 60] [--parts throughput,memory]
+Usage: ``python benchmarks/tokenize_pipeline.py [--files 8] [--seconds 60] [--parts throughput,memory]
 [--quick]``.
 Wall times depend on the machine's load; run it on a quiet machine.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as a script, this file's folder comes first on sys.path, and its name would shadow
-# the standard library's `tokenize` (imported by linecache, inspect, ...): drop the folder.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
-
 import argparse
 import json
+import os
 import platform
 import subprocess
+import sys
 import tempfile
 import threading
 import time

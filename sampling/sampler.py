@@ -36,7 +36,7 @@ from musiclm.sampling.generate import (
 )
 from musiclm.tokenizers.bundle import TokenizerBundle, load_bundle
 from musiclm.training.layout import STAGES, TokenLayout
-from musiclm.training.stages import StageCheckpointError, load_stage
+from musiclm.training.stages import StageCheckpointError, load_stage, newest_checkpoint
 from musiclm.training.transformer import DecoderTransformer
 from tqdm.auto import tqdm
 
@@ -88,15 +88,13 @@ def load_stage_model(path: str | Path, stage: str, device: str = "cpu") -> Stage
 def find_checkpoint(runs: str | Path, stage: str) -> Path:
     """The newest ``last*.ckpt`` (else newest ``*.ckpt``) under ``runs/<stage>/``."""
     root = Path(runs) / stage
-    found = sorted(root.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime) or sorted(
-        root.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime
-    )
-    if not found:
+    found = newest_checkpoint(root)
+    if found is None:
         raise SamplerError(
             f"no {stage} stage checkpoint under {root}; train it with "
             f"`make train-stage STAGE={stage} RUNS={runs}` or pass --{stage}-ckpt"
         )
-    return found[-1]
+    return found
 
 
 def default_settings() -> dict[str, SamplingSettings]:

@@ -63,9 +63,13 @@ class TrainCLI(LightningCLI):
         )
 
 
-def _resolve(target: str) -> type:
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
+def entry_classes(entry: str) -> tuple[type, type]:
+    """The (LightningModule, LightningDataModule) classes of an entry of :data:`ENTRIES`."""
+    classes = []
+    for target in ENTRIES[entry]:
+        module, name = target.split(":")
+        classes.append(getattr(importlib.import_module(module), name))
+    return classes[0], classes[1]
 
 
 def _last_checkpoint(root: Path) -> str | None:
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(
             f"usage: python -m musiclm.training.cli <entry> [LightningCLI options]; entries: {names}"
         )
-    model_class, data_class = (_resolve(t) for t in ENTRIES[argv[0]])
+    model_class, data_class = entry_classes(argv[0])
     cli = TrainCLI(
         model_class,
         data_class,

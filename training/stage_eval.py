@@ -4,7 +4,8 @@ conditioning is worth.
     python -m musiclm.training.stage_eval runs/coarse --heldout runs/tokens/heldout \
         --train runs/tokens/train [--out runs/eval/stage-coarse.json]
 
-``runs/coarse`` is a run folder (its newest ``last.ckpt`` is used) or a ``.ckpt`` file.
+``runs/coarse`` is a run folder (its newest ``last*.ckpt``, else its newest ``.ckpt``) or a
+``.ckpt`` file.
 Every clip of ``--heldout`` is scored once, on its first crop of the stage's training crop
 length (the stage's validation pass with ``val_fraction = 1``). Prints (and writes) JSON:
 
@@ -31,21 +32,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from musiclm.training.layout import TokenLayout
-from musiclm.training.shard_data import CoarseData, FineData, SemanticData, StageData
-from musiclm.training.stages import (
-    CoarseStage,
-    FineStage,
-    SemanticStage,
-    StageCheckpointError,
-    StageModule,
-)
-
-STAGE_CLASSES: dict[str, tuple[type[StageModule], type[StageData]]] = {
-    "semantic": (SemanticStage, SemanticData),
-    "coarse": (CoarseStage, CoarseData),
-    "fine": (FineStage, FineData),
-}
+from musiclm.training.cli import entry_classes
+from musiclm.training.layout import STAGES, TokenLayout
+from musiclm.training.shard_data import StageData
+from musiclm.training.stages import StageCheckpointError, newest_checkpoint
 
 
 def level_counts(batches: Iterable[dict[str, Any]], layout: TokenLayout) -> list[Counter]:
@@ -77,14 +67,12 @@ def unigram_baselines(
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """``path`` if it is a file, else the newest ``last.ckpt`` under the run folder."""
+    """``path`` if it is a file, else the run folder's newest checkpoint (``newest_checkpoint``)."""
     path = Path(path)
-    if path.is_file():
-        return path
-    found = sorted(path.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise StageCheckpointError(f"no last.ckpt under {path}; pass a .ckpt file or a run folder")
-    return found[-1]
+    found = path if path.is_file() else newest_checkpoint(path)
+    if found is None:
+        raise StageCheckpointError(f"no checkpoint under {path}; pass a .ckpt file or a run folder")
+    return found
 
 
 def evaluate_stage(
@@ -99,9 +87,9 @@ def evaluate_stage(
     crop of every clip). ``crop_seconds`` defaults to the stage's training crop."""
     path = find_checkpoint(checkpoint)
     info = torch.load(path, map_location="cpu", weights_only=True).get("musiclm") or {}
-    if info.get("stage") not in STAGE_CLASSES:
+    if info.get("stage") not in STAGES:
         raise StageCheckpointError(f"{path} is not a MusicLM stage checkpoint")
-    module_class, data_class = STAGE_CLASSES[info["stage"]]
+    module_class, data_class = entry_classes(f"stage-{info['stage']}")
     module = module_class.load_from_checkpoint(path, map_location="cpu")
     data_config = (info.get("config") or {}).get("data") or {}
     crop = crop_seconds or float(data_config.get("crop_seconds", 10.0))
@@ -144,7 +132,7 @@ def evaluate_stage(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="stage run folder (newest last.ckpt) or .ckpt file")
+    parser.add_argument("checkpoint", help="stage run folder (its newest checkpoint) or .ckpt file")
     parser.add_argument("--heldout", required=True, help="tokens root of the held-out clips")
     parser.add_argument("--train", required=True, help="tokens root the stage trained on")
     parser.add_argument("--crop-seconds", type=float, default=None)

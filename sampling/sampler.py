@@ -35,8 +35,9 @@ from musiclm.sampling.generate import (
     tokens_to_generate,
 )
 from musiclm.tokenizers.bundle import TokenizerBundle, load_bundle
+from musiclm.training.checkpoints import newest_checkpoint
 from musiclm.training.layout import STAGES, TokenLayout
-from musiclm.training.stages import StageCheckpointError, load_stage, newest_checkpoint
+from musiclm.training.stages import StageCheckpointError, load_stage
 from musiclm.training.transformer import DecoderTransformer
 from tqdm.auto import tqdm
 

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from musiclm.tokenizers.saved_config import CONFIG_FILE, read_saved_config
 from torch import nn
 
 KIND = "encodec"
-CONFIG_FILE = "config.json"
 MODEL_DIR = "model"
 
 
@@ -129,16 +129,9 @@ class EncodecCodec(nn.Module):
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> EncodecCodec:
         """Load a codec written by :meth:`save`, in eval mode on ``device``."""
+        hint = "to wrap a save_pretrained directory use EncodecCodec.from_pretrained"
+        config = read_saved_config(directory, KIND, "EnCodec codec", hint)
         directory = Path(directory)
-        config_path = directory / CONFIG_FILE
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{config_path} is missing: not a saved EnCodec codec")
-        config = json.loads(config_path.read_text())
-        if config.get("kind") != KIND:
-            raise ValueError(
-                f"{config_path} is of kind {config.get('kind')!r}, not {KIND!r}; to wrap a "
-                "save_pretrained directory use EncodecCodec.from_pretrained"
-            )
         return cls.from_pretrained(directory / MODEL_DIR, config["num_levels"], device).eval()
 
 

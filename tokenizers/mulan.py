@@ -32,6 +32,7 @@ from musiclm.tokenizers.kmeans import assign, fit_kmeans
 from musiclm.tokenizers.mulan_audio import AudioTower, AudioTowerConfig
 from musiclm.tokenizers.mulan_text import TextTower, TextTowerConfig
 from musiclm.tokenizers.rvq import rvq_decode, rvq_encode
+from musiclm.tokenizers.saved_config import CONFIG_FILE, read_saved_config
 from torch import nn
 
 KIND = "mulan"
@@ -143,13 +144,7 @@ class MuLanTokens(nn.Module, abc.ABC):
     @classmethod
     def read_config(cls, directory: Path) -> dict[str, Any]:
         """``directory/config.json``, refused unless it is of this class's ``kind``."""
-        path = directory / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{directory} has no config.json: not a saved {cls.kind} model")
-        config: dict[str, Any] = json.loads(path.read_text())
-        if config.get("kind") != cls.kind:
-            raise ValueError(f"{directory} holds a {config.get('kind')!r} model, not {cls.kind}")
-        return config
+        return read_saved_config(directory, cls.kind, f"{cls.kind} model")
 
     def load_codebooks(self, directory: Path) -> None:
         """Install ``directory/codebooks.npy`` if there is one."""
@@ -270,7 +265,7 @@ class MuLanTokenizer(MuLanTokens):
             "spec": self.spec.to_dict(),
             "audio": self.audio_tower.config.to_dict(),
         }
-        (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
         torch.save(self.audio_tower.state_dict(), directory / "audio.pt")
         self.text_tower.save(directory / "text")
         self.save_codebooks(directory)

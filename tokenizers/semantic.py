@@ -35,6 +35,7 @@ import torch
 import torchaudio.functional as AF
 from musiclm.tokenizers.contract import TokenSpec
 from musiclm.tokenizers.kmeans import assign
+from musiclm.tokenizers.saved_config import CONFIG_FILE, read_saved_config
 from musiclm.tokenizers.semantic_model import SemanticFeatureModel, SemanticModelConfig
 from musiclm.tokenizers.ssl_features import (
     DEFAULT_LAYER,
@@ -182,20 +183,13 @@ class SemanticTokenizer(nn.Module):
             np.save(directory / CENTROIDS_FILE, self.centroids, allow_pickle=False)
         elif (directory / CENTROIDS_FILE).exists():
             (directory / CENTROIDS_FILE).unlink()
-        (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> SemanticTokenizer:
         """Load what :meth:`save` wrote; works with or without centroids.npy."""
         directory = Path(directory)
-        path = directory / "config.json"
-        if not path.is_file():
-            raise ValueError(
-                f"{directory} has no config.json: it is not a saved semantic tokenizer"
-            )
-        config = json.loads(path.read_text())
-        if config.get("kind") != KIND:
-            raise ValueError(f"{directory} holds a {config.get('kind')!r} model, not {KIND!r}")
+        config = read_saved_config(directory, KIND, "semantic tokenizer")
         spec = TokenSpec.from_dict(config["spec"])
         if config["backend"] == "transformers":
             feature_model = load_transformers_features(

@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 from musiclm.tokenizers.rvq import QuantizerOutput, ResidualVectorQuantizer
+from musiclm.tokenizers.saved_config import CONFIG_FILE, read_saved_config
 from musiclm.tokenizers.seanet import SEANetDecoder, SEANetEncoder
 from torch import nn
 
 KIND = "soundstream"
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
 
 
@@ -166,14 +166,14 @@ class SoundStream(nn.Module):
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> SoundStream:
         """Load a codec written by :meth:`save`, in eval mode on ``device``."""
         directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"{path} is missing: {directory} is not a saved SoundStream codec "
-                    "(train one with `make train-tokenizer TOKENIZER=soundstream`)"
-                )
-        model = cls.from_config(json.loads(config_path.read_text()))
+        hint = "train one with `make train-tokenizer TOKENIZER=soundstream`"
+        config = read_saved_config(directory, KIND, "SoundStream codec", hint)
+        weights_path = directory / WEIGHTS_FILE
+        if not weights_path.is_file():
+            raise FileNotFoundError(
+                f"{weights_path} is missing: {directory} is not a saved SoundStream codec ({hint})"
+            )
+        model = cls.from_config(config)
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
         load_matching_state(model, state, f"{weights_path}")
         return model.to(device).eval()

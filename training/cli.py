@@ -7,8 +7,8 @@ module, the data module and the ``Trainer`` can be set in YAML or on the command
     python -m musiclm.training.cli stage-coarse --config configs/stages/coarse/small.yaml \\
         --data.root runs/tokens --trainer.max_steps 2000 --ckpt_path last
 
-``--ckpt_path`` resumes a run (``last`` picks the newest ``last.ckpt`` under the run's
-directory). A module that has an ``export_component(directory)`` method (the tokenizer
+``--ckpt_path`` resumes a run (``last`` picks the run directory's newest ``last*.ckpt``,
+else its newest checkpoint; none starts afresh). A module that has an ``export_component(directory)`` method (the tokenizer
 trainers) writes its inference model to ``<trainer.default_root_dir>/model`` after fitting,
 which is what ``make tokenizers`` packs into the bundle.
 """
@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from musiclm.training.checkpoints import newest_checkpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 # entry -> ("module:LightningModule", "module:LightningDataModule")
@@ -59,7 +60,7 @@ class TrainCLI(LightningCLI):
             "--ckpt_path",
             type=str | None,
             default=None,
-            help="checkpoint to resume from; 'last' = newest last.ckpt of this run",
+            help="checkpoint to resume from; 'last' = this run's newest last*.ckpt, else newest *.ckpt",
         )
 
 
@@ -70,11 +71,6 @@ def entry_classes(entry: str) -> tuple[type, type]:
         module, name = target.split(":")
         classes.append(getattr(importlib.import_module(module), name))
     return classes[0], classes[1]
-
-
-def _last_checkpoint(root: Path) -> str | None:
-    found = sorted(root.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return str(found[-1]) if found else None
 
 
 def _save_final_last(trainer) -> None:
@@ -106,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(cli.trainer.default_root_dir)
     ckpt_path = cli.config.get("ckpt_path")
     if ckpt_path == "last":
-        ckpt_path = _last_checkpoint(root)
+        found = newest_checkpoint(root)
+        ckpt_path = str(found) if found else None
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     _save_final_last(cli.trainer)
     if hasattr(cli.model, "export_component") and cli.trainer.is_global_zero:

@@ -32,10 +32,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from musiclm.training.checkpoints import newest_checkpoint
 from musiclm.training.cli import entry_classes
 from musiclm.training.layout import STAGES, TokenLayout
 from musiclm.training.shard_data import StageData
-from musiclm.training.stages import StageCheckpointError, newest_checkpoint
+from musiclm.training.stages import StageCheckpointError
 
 
 def level_counts(batches: Iterable[dict[str, Any]], layout: TokenLayout) -> list[Counter]:

@@ -297,15 +297,6 @@ class FineStage(StageModule):
     stage = "fine"
 
 
-def newest_checkpoint(root: str | Path) -> Path | None:
-    """The newest ``last*.ckpt`` under ``root``, else the newest ``*.ckpt``; ``None`` if none."""
-    for pattern in ("last*.ckpt", "*.ckpt"):
-        found = sorted(Path(root).rglob(pattern), key=lambda p: p.stat().st_mtime)
-        if found:
-            return found[-1]
-    return None
-
-
 @dataclasses.dataclass
 class LoadedStage:
     """A trained stage for inference: the transformer (eval mode), its layout and bundle."""

@@ -94,6 +94,21 @@ def test_weights_of_another_architecture_are_refused(codec, tmp_path):
         SoundStream.load(tmp_path / "nowhere")
 
 
+def test_a_codec_directory_is_refused_by_the_other_tokenizers(codec, tmp_path):
+    from musiclm.tokenizers.encodec_backend import EncodecCodec
+    from musiclm.tokenizers.mulan import MuLanTokenizer
+    from musiclm.tokenizers.semantic import SemanticTokenizer
+
+    codec.save(tmp_path / "codec")
+    for loader, kind in [
+        (SemanticTokenizer, "semantic"),
+        (MuLanTokenizer, "mulan"),
+        (EncodecCodec, "encodec"),
+    ]:
+        with pytest.raises(ValueError, match=f"of kind 'soundstream', not '{kind}'.*codec"):
+            loader.load(tmp_path / "codec")
+
+
 def test_codec_cli_round_trips_a_file_at_chosen_levels(codec, demo_music, tmp_path):
     import soundfile as sf
     from musiclm.tokenizers.audio import load_audio

@@ -1,5 +1,7 @@
 """SoundStream: the acoustic codec (causal SEANet encoder, RVQ, SEANet decoder).
 
+The encoder may also take a causal log-mel branch (``mel_bands``; off in the paper).
+
 The paper's codec for MusicLM: 24 kHz mono, total stride 480 (50 frames a second), an
 RVQ of 12 levels x 1024 codes (6 kbps). Every number is a constructor argument (saved in
 ``config.json``), so ``tiny``/``small``/``paper`` sizes are configs of one class.
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from musiclm.tokenizers.mel_frontend import LogMelBranch
 from musiclm.tokenizers.rvq import QuantizerOutput, ResidualVectorQuantizer
 from musiclm.tokenizers.saved_config import CONFIG_FILE, read_saved_config
 from musiclm.tokenizers.seanet import SEANetDecoder, SEANetEncoder
@@ -48,6 +51,9 @@ class SoundStream(nn.Module):
         codebook_size: codes per level (the spec's ``acoustic_codebook_size``).
         decay, commitment_weight, dead_code_threshold, quantizer_dropout: see
             :class:`~musiclm.tokenizers.rvq.ResidualVectorQuantizer`.
+        mel_bands: when above 0, the encoder's output gets ``proj(log mel)`` of this many
+            causal mel bands added (:class:`~musiclm.tokenizers.mel_frontend.LogMelBranch`);
+            0 is the paper's waveform-only encoder.
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class SoundStream(nn.Module):
         commitment_weight: float = 1.0,
         dead_code_threshold: float = 0.05,
         quantizer_dropout: float = 1.0,
+        mel_bands: int = 0,
     ) -> None:
         super().__init__()
         strides = [int(s) for s in strides]
@@ -85,12 +92,14 @@ class SoundStream(nn.Module):
             "commitment_weight": commitment_weight,
             "dead_code_threshold": dead_code_threshold,
             "quantizer_dropout": quantizer_dropout,
+            "mel_bands": mel_bands,
         }
         self.sample_rate = sample_rate
         self.hop = hop
         self.num_levels = num_levels
         self.codebook_size = codebook_size
         self.encoder = SEANetEncoder(channels, dim, strides)
+        self.mel_branch = LogMelBranch(sample_rate, hop, mel_bands, dim) if mel_bands else None
         self.quantizer = ResidualVectorQuantizer(
             dim,
             num_levels=num_levels,
@@ -117,12 +126,20 @@ class SoundStream(nn.Module):
         extra = self.frames(wav.shape[-1]) * self.hop - wav.shape[-1]
         return nn.functional.pad(wav, (0, extra)) if extra else wav
 
+    def embed(self, wav: torch.Tensor) -> torch.Tensor:
+        """Encoder output before quantization: wav [B, 1, N] -> [B, dim, frames(N)]."""
+        wav = self.pad(wav)
+        embeddings = self.encoder(wav)
+        if self.mel_branch is not None:
+            embeddings = embeddings + self.mel_branch(wav).to(embeddings.dtype)
+        return embeddings
+
     # ----- codec -------------------------------------------------------------------------
     def encode(self, wav: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         """Codes of mono audio: wav [B, 1, N] -> int64 [B, levels or Q, ceil(N / hop)]."""
         if levels is not None and not 1 <= levels <= self.num_levels:
             raise ValueError(f"levels must be in 1..{self.num_levels}, got {levels}")
-        return self.quantizer.encode(self.encoder(self.pad(wav)), levels)
+        return self.quantizer.encode(self.embed(wav), levels)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Audio from codes [B, Q', T] (1 <= Q' <= Q) -> wav [B, 1, T * hop]."""
@@ -140,7 +157,7 @@ class SoundStream(nn.Module):
 
         In training mode the quantizer updates its codebooks and drops levels at random.
         """
-        quantized = self.quantizer(self.encoder(self.pad(wav)), levels)
+        quantized = self.quantizer(self.embed(wav), levels)
         return self.decoder(quantized.quantized), quantized
 
     # ----- files -------------------------------------------------------------------------

@@ -14,10 +14,11 @@ from musiclm.tokenizers.soundstream import SoundStream
 TINY = {"channels": 4, "dim": 16}
 
 
-@pytest.fixture(scope="module")
-def codec() -> SoundStream:
+@pytest.fixture(scope="module", params=[0, 16], ids=["waveform", "waveform+mel"])
+def codec(request) -> SoundStream:
+    """The paper's waveform encoder, and the same with a 16-band log-mel branch."""
     torch.manual_seed(0)
-    return SoundStream(**TINY).eval()
+    return SoundStream(**TINY, mel_bands=request.param).eval()
 
 
 @pytest.mark.parametrize("num_samples", [480, 12_345, 24_000])
@@ -71,6 +72,7 @@ def test_save_load_roundtrip_and_bundle_kind(codec, tmp_path):
     codec.save(tmp_path / "codec")
     config = json.loads((tmp_path / "codec" / "config.json").read_text())
     assert config["kind"] == "soundstream" and config["hop"] == 480
+    assert config["mel_bands"] == codec.config["mel_bands"]
     loaded = load_component(tmp_path / "codec")
     assert isinstance(loaded, SoundStream) and not loaded.training
     wav = torch.randn(1, 1, 4800) * 0.1

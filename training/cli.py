@@ -8,9 +8,10 @@ module, the data module and the ``Trainer`` can be set in YAML or on the command
         --data.root runs/tokens --trainer.max_steps 2000 --ckpt_path last
 
 ``--ckpt_path`` resumes a run (``last`` picks the run directory's newest ``last*.ckpt``,
-else its newest checkpoint; none starts afresh). A module that has an ``export_component(directory)`` method (the tokenizer
-trainers) writes its inference model to ``<trainer.default_root_dir>/model`` after fitting,
-which is what ``make tokenizers`` packs into the bundle.
+else its newest checkpoint; with none it starts afresh). A module that has an
+``export_component(directory)`` method (the tokenizer trainers) writes its inference model
+to ``<trainer.default_root_dir>/model`` after fitting, which is what ``make tokenizers``
+packs into the bundle.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from musiclm.tokenizers.contract import BUNDLE_FILE, TokenSpec, fingerprint_files
+from musiclm.tokenizers.saved_config import CONFIG_FILE
 
 COMPONENTS = ("codec", "semantic", "mulan")
 
@@ -71,7 +72,7 @@ def component_class(kind: str) -> type:
 def load_component(directory: str | Path, device: str = "cpu") -> Any:
     """Load one saved tokenizer component (its ``config.json`` names its kind)."""
     directory = Path(directory)
-    config = directory / "config.json"
+    config = directory / CONFIG_FILE
     if not config.is_file():
         raise BundleError(f"{directory} has no config.json: it is not a saved tokenizer")
     kind = json.loads(config.read_text()).get("kind", "")
@@ -86,12 +87,12 @@ def write_bundle_manifest(root: str | Path, spec: TokenSpec, configs: dict[str, 
     hashed into the fingerprint with the files.
     """
     root = Path(root)
-    missing = [c for c in COMPONENTS if not (root / c / "config.json").is_file()]
+    missing = [c for c in COMPONENTS if not (root / c / CONFIG_FILE).is_file()]
     if missing:
         raise BundleError(f"{root} lacks the saved components {missing}")
     extra = {"spec": spec.to_dict(), "configs": configs}
     fingerprint = fingerprint_files(root, extra=extra)
-    kinds = {c: json.loads((root / c / "config.json").read_text())["kind"] for c in COMPONENTS}
+    kinds = {c: json.loads((root / c / CONFIG_FILE).read_text())["kind"] for c in COMPONENTS}
     manifest = {"fingerprint": fingerprint, "components": kinds, **extra}
     (root / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return fingerprint

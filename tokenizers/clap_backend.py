@@ -33,6 +33,7 @@ import torch
 import torchaudio
 from musiclm.tokenizers.contract import TokenSpec
 from musiclm.tokenizers.mulan import MuLanTokens
+from musiclm.tokenizers.saved_config import CONFIG_FILE
 
 KIND = "clap"
 MODEL_DIR = "model"
@@ -122,7 +123,7 @@ class ClapMuLan(MuLanTokens):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {"kind": KIND, "spec": self.spec.to_dict()}
-        (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
         self.model.save_pretrained(directory / MODEL_DIR)
         self.processor.save_pretrained(directory / MODEL_DIR)
         self.save_codebooks(directory)

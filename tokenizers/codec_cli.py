@@ -31,6 +31,7 @@ import torch
 from musiclm.tokenizers.audio import AudioError, load_audio
 from musiclm.tokenizers.bundle import BundleError, load_component
 from musiclm.tokenizers.contract import TOKEN_DTYPE
+from musiclm.tokenizers.saved_config import CONFIG_FILE
 
 CONTEXT_SECONDS = 1.0
 
@@ -40,7 +41,7 @@ def load_codec(path: str | Path, device: str = "cpu") -> Any:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"codec directory {path} does not exist")
-    if not (path / "config.json").is_file() and (path / "codec" / "config.json").is_file():
+    if not (path / CONFIG_FILE).is_file() and (path / "codec" / CONFIG_FILE).is_file():
         path = path / "codec"
     return load_component(path, device=device)
 

@@ -7,9 +7,10 @@ adds ``proj(log mel)`` to the SEANet encoder's output, so the codec keeps the pa
 waveform encoder and gains a spectral input that is useful from the first step.
 
 Shapes: ``CausalLogMel``: wav [B, 1, N] (N a multiple of ``hop``) -> [B, n_mels, N // hop].
-Frame ``t`` is the ``n_fft``-sample window that ends where code frame ``t`` ends (the
-audio is padded with silence on the left), so no frame sees a later sample: the branch
-streams like the rest of the encoder.
+Frame ``t`` is the window of ``n_fft`` samples (the smallest power of two covering 4
+hops: 2048 for hop 480) that ends where code frame ``t`` ends; the audio is padded with
+silence on the left, so no frame sees a later sample and the branch streams like the rest
+of the encoder.
 """
 
 from __future__ import annotations
@@ -24,13 +25,10 @@ LOG_FLOOR = 1e-5
 class CausalLogMel(nn.Module):
     """Log mel magnitudes of the window ending at each code frame: [B, 1, N] -> [B, M, N // hop]."""
 
-    def __init__(self, sample_rate: int, hop: int, n_mels: int, n_fft: int | None = None) -> None:
+    def __init__(self, sample_rate: int, hop: int, n_mels: int) -> None:
         super().__init__()
         self.hop = hop
-        # by default the smallest power of two covering 4 hops (2048 for hop 480)
-        self.n_fft = n_fft or 1 << (4 * hop - 1).bit_length()
-        if self.n_fft < hop:
-            raise ValueError(f"n_fft {self.n_fft} must cover at least one hop ({hop} samples)")
+        self.n_fft = 1 << (4 * hop - 1).bit_length()
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=sample_rate,
             n_fft=self.n_fft,

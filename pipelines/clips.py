@@ -28,18 +28,29 @@ from typing import Any
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from musiclm.tokenizers.audio import DEFAULT_BLOCK_SECONDS, AudioError, iter_blocks
+from musiclm.tokenizers.audio import (
+    DEFAULT_BLOCK_SECONDS,
+    DEFAULT_MAX_MISSING_SECONDS,
+    AudioError,
+    DecodeStats,
+    iter_blocks,
+)
 from musiclm.tokenizers.contract import TokenSpec
 
 
 @dataclasses.dataclass(frozen=True)
 class ClipConfig:
-    """Clip length, hop and the shortest clip kept, in seconds (rounded to semantic frames)."""
+    """Clip length, hop and the shortest clip kept, in seconds (rounded to semantic frames).
+
+    ``max_missing_seconds``: how far decoding may fall short of the header's length before
+    the file counts as truncated (see :mod:`musiclm.tokenizers.audio`).
+    """
 
     seconds: float = 30.0
     hop_seconds: float | None = None  # None: equal to ``seconds`` (no overlap)
     min_seconds: float = 3.0
     block_seconds: float = DEFAULT_BLOCK_SECONDS  # decoding block for long files
+    max_missing_seconds: float = DEFAULT_MAX_MISSING_SECONDS
 
     def samples(self, spec: TokenSpec) -> tuple[int, int, int]:
         """``(clip, hop, minimum)`` lengths in samples at ``spec.sample_rate``."""
@@ -62,7 +73,8 @@ class Clip:
 
     ``wav`` is mono float32 [samples] at the spec's rate; ``tokens`` collects the model
     outputs (``semantic`` [T_s], ``acoustic`` [Q, T_a], ``mulan`` [L], ``mulan_emb`` [D],
-    or ``features`` [T, D] in the fit pipeline) as they are added.
+    or ``features`` [T, D] in the fit pipeline) as they are added. ``error`` is set (one
+    line naming the file) when a model step could not tokenize this clip.
     """
 
     key: str
@@ -75,9 +87,13 @@ class Clip:
     wav: np.ndarray
     rms_db: float = 0.0  # loudness of the clip (dBFS; -200 for digital silence)
     tokens: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    error: str = ""
 
     def with_tokens(self, **tokens: np.ndarray) -> Clip:
         return dataclasses.replace(self, tokens={**self.tokens, **tokens})
+
+    def failed(self, error: str) -> Clip:
+        return dataclasses.replace(self, error=error)
 
     def without_audio(self) -> Clip:
         return dataclasses.replace(self, wav=np.zeros(0, np.float32))
@@ -126,13 +142,16 @@ def local_copy(path: str) -> Iterator[str]:
         yield local.name
 
 
-def iter_clips(record: Any, spec: TokenSpec, config: ClipConfig) -> Iterator[Clip]:
+def iter_clips(
+    record: Any, spec: TokenSpec, config: ClipConfig, stats: DecodeStats | None = None
+) -> Iterator[Clip]:
     """Decode ``record`` (a :class:`~musiclm.pipelines.sources.SourceRecord`) and yield its clips.
 
     Equal to cutting ``load_audio(path, spec.sample_rate, start, end)`` by
     :func:`clip_bounds`, but streamed: the file is decoded in blocks of
     ``config.block_seconds``. Raises :class:`AudioError` (naming the file) for unreadable
-    audio and for a source too short to give one clip.
+    audio and for a source too short to give one clip. ``stats``, if given, receives the
+    header's and the decoded frame counts (native rate) once decoding is done.
     """
     clip, hop, minimum = config.samples(spec)
     rate, frame = spec.sample_rate, spec.samples_per_semantic
@@ -158,7 +177,10 @@ def iter_clips(record: Any, spec: TokenSpec, config: ClipConfig) -> Iterator[Cli
     if "://" not in path and not os.path.exists(path):
         raise AudioError(path, "file not found; check the path in the dataset's source list")
     with local_copy(path) as local:
-        for block in iter_blocks(local, rate, begin, record.end, config.block_seconds):
+        blocks = iter_blocks(
+            local, rate, begin, record.end, config.block_seconds, config.max_missing_seconds, stats
+        )
+        for block in blocks:
             pending = np.concatenate([pending, block.numpy()])
             total += block.numel()
             while next_start + clip <= total:

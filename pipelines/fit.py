@@ -5,6 +5,7 @@ Steps (Beam)::
     sources -> Decode (clips as in tokenize)            (dead letter: logged, skipped)
       -> RunInference(FeaturesHandler)  -> rows [T, F] -> reservoir sample (fixed size)
       -> RunInference(EmbeddingHandler) -> [D]         -> reservoir sample (fixed size)
+    (clips a model could not take are logged and skipped, as in tokenize one by one)
 
 The two samples (at most ``semantic_sample_frames`` feature rows and
 ``mulan_sample_clips`` embeddings, whatever the dataset's size) are written to a work
@@ -34,10 +35,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import RunInference
 from musiclm.pipelines.clips import Clip, ClipConfig
 from musiclm.pipelines.model_handlers import EmbeddingHandler, FeaturesHandler
-from musiclm.pipelines.runner import pipeline_options
+from musiclm.pipelines.runner import clip_failure, pipeline_options
 from musiclm.pipelines.shards import join, read_bytes, write_bytes
 from musiclm.pipelines.sources import SourceRecord, read_sources
 from musiclm.pipelines.tokenize import DecodeClips, decode_failure
+from musiclm.tokenizers.audio import DEFAULT_MAX_MISSING_SECONDS
 from musiclm.tokenizers.bundle import COMPONENTS, load_component, write_bundle_manifest
 from musiclm.tokenizers.contract import TokenSpec
 from musiclm.tokenizers.kmeans import FeatureReservoir, fit_kmeans
@@ -52,6 +54,7 @@ class FitConfig:
 
     clip_seconds: float = 30.0
     min_seconds: float = 3.0
+    max_missing_seconds: float = DEFAULT_MAX_MISSING_SECONDS  # as in TokenizeConfig
     semantic_sample_frames: int = 100_000  # feature rows kept for k-means
     mulan_sample_clips: int = 100_000  # clip embeddings kept for the RVQ
     kmeans_niter: int = 10
@@ -114,7 +117,12 @@ def sample_pipeline(
     work: str,
 ) -> None:
     """Add the sampling steps; writes features.npy, embeddings.npy and failures.jsonl to ``work``."""
-    clip_config = ClipConfig(config.clip_seconds, None, config.min_seconds)
+    clip_config = ClipConfig(
+        config.clip_seconds,
+        None,
+        config.min_seconds,
+        max_missing_seconds=config.max_missing_seconds,
+    )
     records = (
         pipeline
         | "ReadSources" >> beam.io.ReadFromText(sources)
@@ -124,12 +132,7 @@ def sample_pipeline(
     clips, bad = records | "Decode" >> beam.ParDo(
         DecodeClips(spec, clip_config)
     ).with_exception_handling(partial=True)
-    _ = (
-        bad
-        | "DecodeFailures" >> beam.Map(lambda item: json.dumps(decode_failure(item)))
-        | "WriteFailures"
-        >> beam.io.WriteToText(join(work, "failures"), ".jsonl", shard_name_template="")
-    )
+    failures = [bad | "DecodeFailures" >> beam.Map(decode_failure)]
     branches = (
         (
             "features",
@@ -145,13 +148,25 @@ def sample_pipeline(
         ),
     )
     for name, handler, capacity, seed in branches:
-        _ = (
+        done, failed = (
             clips
             | f"Run_{name}" >> RunInference(handler)
+            | f"Split_{name}" >> beam.Partition(lambda c, _: int(bool(c.error)), 2)
+        )
+        failures.append(failed | f"Failed_{name}" >> beam.Map(clip_failure, handler.step))
+        _ = (
+            done
             | f"Rows_{name}" >> beam.Map(_rows, name)
             | f"Sample_{name}" >> beam.CombineGlobally(ReservoirCombineFn(capacity, seed))
             | f"Save_{name}" >> beam.Map(save_array, join(work, f"{name}.npy"))
         )
+    _ = (
+        failures
+        | "AllFailures" >> beam.Flatten()
+        | "FailureLines" >> beam.Map(json.dumps)
+        | "WriteFailures"
+        >> beam.io.WriteToText(join(work, "failures"), ".jsonl", shard_name_template="")
+    )
 
 
 def _rows(clip: Clip, name: str) -> np.ndarray:

@@ -4,7 +4,10 @@ Each handler loads one saved tokenizer component (``codec/``, ``semantic/`` or `
 of a bundle, or a component directory while fitting) once per worker process and runs
 it on batches of :class:`~musiclm.pipelines.clips.Clip`. A batch is split by clip length
 (whole clips share one length; a tail clip is shorter) and each group is one batched
-model call under ``torch.inference_mode()``. Outputs are added to the clip's ``tokens``:
+model call under ``torch.inference_mode()``. A call that raises (or gives NaN or infinite
+outputs) is retried clip by clip, so one bad clip fails alone, whatever else shares its
+batch: it comes back with ``clip.error`` set, its batch mates with their tokens. Outputs
+are added to the clip's ``tokens``:
 
 ==========================  ===========================================================
 handler                     adds to ``clip.tokens``
@@ -33,6 +36,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 from musiclm.pipelines.clips import Clip
+from musiclm.pipelines.runner import exception_text
 from musiclm.tokenizers.bundle import load_component
 from musiclm.tokenizers.contract import TOKEN_DTYPE
 
@@ -83,14 +87,38 @@ class ClipHandler(ModelHandler[Clip, Clip, Any]):
             groups[clip.wav.shape[0]].append(i)
         out: list[Clip] = list(batch)
         for members in groups.values():
-            wav = torch.from_numpy(np.stack([batch[i].wav for i in members]))
-            with torch.inference_mode():
-                results = self.apply(model, wav)
-            for j, i in enumerate(members):
-                out[i] = batch[i].with_tokens(**{k: v[j] for k, v in results.items()})
+            done = self._isolating(model, [batch[i] for i in members])
+            for i, clip in zip(members, done, strict=True):
+                out[i] = clip
         Metrics.counter(METRICS_NAMESPACE, f"{self.step}_clips").inc(len(batch))
-        Metrics.counter(METRICS_NAMESPACE, f"{self.step}_calls").inc(len(groups))
         return out
+
+    def _isolating(self, model: Any, clips: list[Clip]) -> list[Clip]:
+        """``clips`` (equal lengths) tokenized in one call; if it fails, one call per clip."""
+        try:
+            return self._call(model, clips)
+        except Exception as err:
+            if len(clips) == 1:
+                Metrics.counter(METRICS_NAMESPACE, f"{self.step}_failed_clips").inc()
+                return [clips[0].failed(exception_text(clips[0].path, err))]
+        Metrics.counter(METRICS_NAMESPACE, f"{self.step}_retried_batches").inc()
+        return [done for clip in clips for done in self._isolating(model, [clip])]
+
+    def _call(self, model: Any, clips: list[Clip]) -> list[Clip]:
+        """One batched model call [B, N] -> the clips with their new tokens."""
+        Metrics.counter(METRICS_NAMESPACE, f"{self.step}_calls").inc()
+        wav = torch.from_numpy(np.stack([clip.wav for clip in clips]))
+        with torch.inference_mode():
+            results = self.apply(model, wav)
+        for name, value in results.items():
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise ValueError(
+                    f"the {self.step} model gave NaN or infinite {name} (the audio overflows it)"
+                )
+        return [
+            clip.with_tokens(**{k: v[j] for k, v in results.items()})
+            for j, clip in enumerate(clips)
+        ]
 
     def apply(self, model: Any, wav: torch.Tensor) -> dict[str, np.ndarray]:
         """``wav`` float32 [B, N] -> named outputs with a leading batch axis."""

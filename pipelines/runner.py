@@ -48,8 +48,22 @@ def error_text(path: str, dead_letter: tuple[Any, str, list[str]]) -> str:
     exc_type, _, trace = dead_letter
     last = trace[-1].strip() if trace else ""
     message = last.split(": ", 1)[1] if ": " in last else last or exc_type.__name__
-    text = f"{exc_type.__name__}: {message}"
+    return _named(path, f"{exc_type.__name__}: {message}")
+
+
+def exception_text(path: str, err: BaseException) -> str:
+    """A one-line, readable error naming ``path`` from an exception."""
+    lines = str(err).strip().splitlines()
+    return _named(path, f"{type(err).__name__}: {lines[0] if lines else type(err).__name__}")
+
+
+def _named(path: str, text: str) -> str:
     return text if path in text else f"{path}: {text}"
+
+
+def clip_failure(clip: Clip, step: str) -> dict[str, str]:
+    """The failure row of a clip that a model step could not tokenize (``clip.error``)."""
+    return {"source": clip.source, "path": clip.path, "step": step, "error": clip.error}
 
 
 def inference_failures(

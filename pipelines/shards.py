@@ -54,6 +54,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("semantic_frames", pa.int32()),
         ("acoustic_frames", pa.int32()),
         ("rms_db", pa.float32()),
+        ("header_frames", pa.int64()),
+        ("decoded_frames", pa.int64()),
     ]
 )
 FAILURES_SCHEMA = pa.schema(
@@ -108,7 +110,8 @@ def failure_row(source: str, path: str, step: str, error: str) -> dict[str, str]
     return {"source": source, "path": path, "step": step, "error": error}
 
 
-def manifest_row(clip: Clip, shard: int) -> dict[str, Any]:
+def manifest_row(clip: Clip, shard: int, frames: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+    """The manifest row of ``clip``; ``frames``: its source's (header, decoded) native frames."""
     return {
         "key": clip.key,
         "shard": shard,
@@ -121,6 +124,8 @@ def manifest_row(clip: Clip, shard: int) -> dict[str, Any]:
         "semantic_frames": int(clip.tokens["semantic"].shape[-1]),
         "acoustic_frames": int(clip.tokens["acoustic"].shape[-1]),
         "rms_db": clip.rms_db,
+        "header_frames": frames[0],
+        "decoded_frames": frames[1],
     }
 
 
@@ -159,14 +164,17 @@ def write_shard(
     clips: Iterable[Clip],
     failures: Iterable[dict[str, str]],
     fingerprint: str,
+    frames: Iterable[tuple[str, int, int]] = (),
 ) -> dict[str, Any]:
     """Write shard ``index`` from everything the pipeline produced for its sources.
 
     ``sources`` are the shard's ``(key, path)`` pairs; a source with any failure row
     keeps one (the first in (step, error) order, so reruns agree) and loses all its
-    clips, so every source ends up either fully in the tar or in failures.
+    clips, so every source ends up either fully in the tar or in failures. ``frames``
+    are ``(source, header_frames, decoded_frames)``, recorded in the manifest rows.
     Returns counts of what was written.
     """
+    frame_counts = {key: (header, decoded) for key, header, decoded in frames}
     failed: dict[str, dict[str, str]] = {}
     for row in sorted(failures, key=lambda r: (r["source"], r["step"], r["error"])):
         failed.setdefault(row["source"], row)
@@ -179,7 +187,7 @@ def write_shard(
         write_bytes(shard_path(out, index), tar_bytes(kept, fingerprint))
     rows = [failed[k] for k in sorted(failed)]
     write_bytes(part_path(out, index, "failures"), table_bytes(rows, FAILURES_SCHEMA))
-    manifest = [manifest_row(c, index) for c in kept]
+    manifest = [manifest_row(c, index, frame_counts.get(c.source, (0, 0))) for c in kept]
     write_bytes(part_path(out, index, "manifest"), table_bytes(manifest, MANIFEST_SCHEMA))
     return {"shard": index, "clips": len(kept), "failed": len(rows)}
 

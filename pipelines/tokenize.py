@@ -4,15 +4,18 @@ Steps (Beam)::
 
     pending sources (JSONL under OUT/parts) -> Reshuffle
       -> Decode: decode + resample in blocks, cut clips       (dead letter: step "decode")
-      -> RunInference(SemanticHandler)                       (dead letter: step "semantic")
-      -> RunInference(AcousticHandler)                       (dead letter: step "acoustic")
-      -> RunInference(MulanHandler)                          (dead letter: step "mulan")
+                 + per source: header and decoded frame counts ("frames")
+      -> RunInference(SemanticHandler)                       (failed clips: step "semantic")
+      -> RunInference(AcousticHandler)                       (failed clips: step "acoustic")
+      -> RunInference(MulanHandler)                          (failed clips: step "mulan")
       -> drop audio -> key by shard_index(source)
-    CoGroupByKey(shard: sources, clips, failures) -> write_shard
+    CoGroupByKey(shard: sources, clips, frames, failures) -> write_shard
 
 then, on the launcher, the per-shard parts are merged into ``manifest.parquet`` and
 ``failures.parquet`` and ``dataset.json`` is written. A source is either complete in its
-shard or one row in the failures (a failure in any step drops its other clips).
+shard or one row in the failures (a failure in any step drops its other clips). A model
+call that fails is retried clip by clip (:mod:`~musiclm.pipelines.model_handlers`), so
+only the clip that breaks the model fails, however Beam batched it.
 
 Resume: shards already complete (see :mod:`musiclm.pipelines.shards`) are skipped with
 all their sources; ``overwrite`` deletes the previous outputs first. A resume must use
@@ -39,12 +42,19 @@ from musiclm.pipelines.clips import Clip, ClipConfig, iter_clips
 from musiclm.pipelines.model_handlers import (
     METRICS_NAMESPACE,
     AcousticHandler,
+    ClipHandler,
     MulanHandler,
     SemanticHandler,
     local_directory,
 )
 from musiclm.pipelines.progress import ProgressPrinter, ReportProgress
-from musiclm.pipelines.runner import error_text, inference_failures, is_local, pipeline_options
+from musiclm.pipelines.runner import (
+    clip_failure,
+    error_text,
+    inference_failures,
+    is_local,
+    pipeline_options,
+)
 from musiclm.pipelines.shards import (
     PARTS_DIR,
     RUN_FILE,
@@ -59,12 +69,14 @@ from musiclm.pipelines.shards import (
     write_shard,
 )
 from musiclm.pipelines.sources import SourceRecord, read_sources
+from musiclm.tokenizers.audio import DEFAULT_MAX_MISSING_SECONDS, DecodeStats
 from musiclm.tokenizers.bundle import read_bundle_manifest
 from musiclm.tokenizers.contract import DATASET_FILE, TokenSpec, fingerprint_files, shard_index
 
 log = logging.getLogger(__name__)
 
 PENDING_FILE = "pending-sources.jsonl"
+FRAMES_TAG = "frames"
 
 
 @dataclasses.dataclass
@@ -75,6 +87,9 @@ class TokenizeConfig:
     hop_seconds: float | None = None
     min_seconds: float = 3.0
     block_seconds: float = 60.0
+    # Shortfall of decoded audio against the header that is not damage (mp3 length
+    # estimates, Vorbis granule overshoot: well under 1 s); more is a truncated file.
+    max_missing_seconds: float = DEFAULT_MAX_MISSING_SECONDS
     num_shards: int | None = None  # None: from the dataset size (sources_per_shard)
     sources_per_shard: int = 256
     min_shards: int = 8
@@ -90,7 +105,13 @@ class TokenizeConfig:
 
     @property
     def clips(self) -> ClipConfig:
-        return ClipConfig(self.clip_seconds, self.hop_seconds, self.min_seconds, self.block_seconds)
+        return ClipConfig(
+            self.clip_seconds,
+            self.hop_seconds,
+            self.min_seconds,
+            self.block_seconds,
+            self.max_missing_seconds,
+        )
 
 
 def default_num_shards(num_sources: int, sources_per_shard: int, min_shards: int) -> int:
@@ -100,14 +121,22 @@ def default_num_shards(num_sources: int, sources_per_shard: int, min_shards: int
 
 
 class DecodeClips(beam.DoFn):
-    """SourceRecord -> its clips (decoded, resampled, cut; see :mod:`~musiclm.pipelines.clips`)."""
+    """SourceRecord -> its clips (decoded, resampled, cut; see :mod:`~musiclm.pipelines.clips`).
 
-    def __init__(self, spec: TokenSpec, config: ClipConfig) -> None:
-        self.spec, self.config = spec, config
+    With ``report_frames``, each decoded source also gives ``(key, header_frames,
+    decoded_frames)`` on the ``frames`` output (native frames, once its last clip is out).
+    """
 
-    def process(self, record: SourceRecord) -> Iterator[Clip]:
-        yield from iter_clips(record, self.spec, self.config)
+    def __init__(self, spec: TokenSpec, config: ClipConfig, report_frames: bool = False) -> None:
+        self.spec, self.config, self.report_frames = spec, config, report_frames
+
+    def process(self, record: SourceRecord) -> Iterator[Any]:
+        stats = DecodeStats()
+        yield from iter_clips(record, self.spec, self.config, stats)
         beam.metrics.Metrics.counter(METRICS_NAMESPACE, "decoded_sources").inc()
+        if self.report_frames:
+            frames = (record.key, stats.header_frames, stats.decoded_frames)
+            yield beam.pvalue.TaggedOutput(FRAMES_TAG, frames)
 
 
 def decode_failure(item: tuple[SourceRecord, tuple[Any, str, list[str]]]) -> dict[str, str]:
@@ -135,7 +164,26 @@ class WriteShard(beam.DoFn):
             groups["clips"],
             groups["failures"],
             self.fingerprint,
+            groups["frames"],
         )
+
+
+def run_step(
+    clips: beam.PCollection, handler: ClipHandler, failures: list[beam.PCollection]
+) -> beam.PCollection:
+    """``clips`` through ``RunInference(handler)``; failure rows of what failed go to ``failures``.
+
+    Clips that the handler could not tokenize (``clip.error``) and whole batches that
+    Beam's RunInference dropped become failure rows of step ``handler.step``.
+    """
+    name = handler.step.capitalize()
+    results, dead = clips | name >> RunInference(handler).with_exception_handling()
+    failures.append(
+        dead.failed_inferences | f"{name}Failures" >> beam.FlatMap(inference_failures, handler.step)
+    )
+    done, failed = results | f"{name}Split" >> beam.Partition(lambda c, _: int(bool(c.error)), 2)
+    failures.append(failed | f"{name}FailedClips" >> beam.Map(clip_failure, handler.step))
+    return done
 
 
 def build_pipeline(
@@ -160,28 +208,25 @@ def build_pipeline(
         | "ParseSources" >> beam.Map(lambda line: SourceRecord.from_dict(json.loads(line)))
         | "Spread" >> beam.Reshuffle()
     )
-    clips, bad_decode = records | "Decode" >> beam.ParDo(
-        DecodeClips(spec, config.clips)
-    ).with_exception_handling(partial=True)
-    failures = [bad_decode | "DecodeFailures" >> beam.Map(decode_failure)]
+    decoded = records | "Decode" >> beam.ParDo(
+        DecodeClips(spec, config.clips, report_frames=True)
+    ).with_exception_handling(partial=True).with_outputs(FRAMES_TAG)
+    clips = decoded["good"]
+    failures = [decoded["bad"] | "DecodeFailures" >> beam.Map(decode_failure)]
     handlers = (
         SemanticHandler(join(bundle, "semantic"), config.semantic_batch_size, config.threads),
         AcousticHandler(join(bundle, "codec"), config.acoustic_batch_size, config.threads),
         MulanHandler(join(bundle, "mulan"), config.mulan_batch_size, config.threads),
     )
     for handler in handlers:
-        name = handler.step.capitalize()
-        clips, dead = clips | name >> RunInference(handler).with_exception_handling()
-        failures.append(
-            dead.failed_inferences
-            | f"{name}Failures" >> beam.FlatMap(inference_failures, handler.step)
-        )
+        clips = run_step(clips, handler, failures)
     clips = clips | "DropAudio" >> beam.Map(Clip.without_audio)
     if progress_dir:
         clips = clips | "Progress" >> beam.ParDo(ReportProgress(progress_dir))
     grouped = {
         "sources": records | "KeySources" >> beam.Map(lambda r: (by_shard(r.key), (r.key, r.path))),
         "clips": clips | "KeyClips" >> beam.Map(lambda c: (by_shard(c.source), c)),
+        "frames": decoded[FRAMES_TAG] | "KeyFrames" >> beam.Map(lambda f: (by_shard(f[0]), f)),
         "failures": (
             failures
             | "AllFailures" >> beam.Flatten()

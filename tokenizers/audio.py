@@ -5,8 +5,17 @@ Long files are decoded and resampled block by block with overlap, so memory hold
 output plus one block, never the whole file at its native rate and channel count.
 
 What cannot be music is rejected with :class:`AudioError`, whose message names the file
-and the reason: undecodable bytes, no audio frames, NaN or infinite samples. Silence,
-stereo or multichannel audio and any sample rate are valid input.
+and the reason: undecodable bytes, no audio frames, NaN or infinite samples, a decode
+error mid-file, an Ogg stream without its end-of-stream page. Silence, stereo or
+multichannel audio and any sample rate are valid input.
+
+Truncation is judged by what is missing, not by exact counts. A header's frame count
+is not always exact: an mp3 without a Xing/LAME header has an estimate from its size
+and bitrate (off by a few 1152-sample frames), and a Vorbis stream's last granule
+position can run past its last decoded sample. So a file that decodes to at most
+``max_missing_seconds`` (default 1 s) fewer frames than its header says is read from
+the frames that decode; a larger shortfall -- a file cut short -- is an
+:class:`AudioError`. :class:`DecodeStats` tells the caller both counts.
 """
 
 from __future__ import annotations
@@ -22,6 +31,11 @@ import torch
 import torchaudio.functional as AF
 
 DEFAULT_BLOCK_SECONDS = 60.0
+# Largest shortfall of decoded frames against the header that is not damage. Real files
+# miss up to ~0.4 s (mp3 length estimates: 0.25 and 0.38 s on 22.05 kHz game music, a
+# few hundred ms on CBR files without a Xing header) or ~100 frames (Vorbis granule
+# overshoot); a file cut anywhere before its last second misses more.
+DEFAULT_MAX_MISSING_SECONDS = 1.0
 
 
 class AudioError(ValueError):
@@ -35,16 +49,34 @@ class AudioError(ValueError):
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """What the file header says: native rate, channel count, frames and format name."""
+    """What the file header says: native rate, channel count, frames and format name.
+
+    ``frames`` is what libsndfile offers to read; ``header_frames`` what the container
+    declares (more than ``frames`` for a WAV whose data chunk runs past the file's end).
+    """
 
     sample_rate: int
     channels: int
     frames: int
     format: str
+    header_frames: int = 0
 
     @property
     def seconds(self) -> float:
         return self.frames / self.sample_rate
+
+
+@dataclass
+class DecodeStats:
+    """Native frames of one decoded segment: what the header promised, what decoded."""
+
+    sample_rate: int = 0
+    header_frames: int = 0
+    decoded_frames: int = 0
+
+    @property
+    def missing_seconds(self) -> float:
+        return (self.header_frames - self.decoded_frames) / max(1, self.sample_rate)
 
 
 def audio_info(path: str | Path) -> AudioInfo:
@@ -53,12 +85,10 @@ def audio_info(path: str | Path) -> AudioInfo:
         info = sf.info(str(path))
     except Exception as err:  # libsndfile raises several types for bad bytes
         raise AudioError(path, f"cannot decode audio ({_plain(err)})") from err
-    missing = _truncation(Path(path), info.format)
-    if missing:
-        raise AudioError(path, f"file is truncated ({missing})")
+    declared = info.frames + _container_shortfall(Path(path), info.format, info.frames)
     if info.frames <= 0 or info.channels <= 0:
         raise AudioError(path, "file has no audio frames")
-    return AudioInfo(info.samplerate, info.channels, info.frames, info.format)
+    return AudioInfo(info.samplerate, info.channels, info.frames, info.format, declared)
 
 
 def iter_blocks(
@@ -67,16 +97,36 @@ def iter_blocks(
     start: float = 0.0,
     end: float | None = None,
     block_seconds: float = DEFAULT_BLOCK_SECONDS,
+    max_missing_seconds: float = DEFAULT_MAX_MISSING_SECONDS,
+    stats: DecodeStats | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield consecutive mono float32 blocks [n] of ``path`` resampled to ``sample_rate``.
 
     ``start``/``end`` are seconds in the file (``end=None``: to the end). The concatenated
-    blocks equal resampling the whole segment at once (block edges get filter context from
-    their neighbours). Raises :class:`AudioError` for undecodable, empty or non-finite audio.
+    blocks equal resampling the decoded segment at once (block edges get filter context
+    from their neighbours). A segment that decodes to at most ``max_missing_seconds``
+    fewer frames than the header promises ends where decoding ends; ``stats``, if given,
+    receives both counts. Raises :class:`AudioError` for undecodable, empty, non-finite
+    or truncated audio.
     """
     info = audio_info(path)
     native = info.sample_rate
     first, last = _segment(path, info, start, end)
+    promised = info.header_frames if end is None else min(info.header_frames, last)
+    stats = stats if stats is not None else DecodeStats()
+    stats.sample_rate, stats.header_frames, stats.decoded_frames = native, promised - first, 0
+
+    def check_missing(decoded_end: int) -> None:
+        missing = promised - decoded_end
+        if missing > max_missing_seconds * native:
+            raise AudioError(
+                path,
+                f"file is truncated: the header promises {promised} frames, decoding "
+                f"stopped at frame {decoded_end} ({missing / native:.2f} s missing, more "
+                f"than max_missing_seconds {max_missing_seconds:g})",
+            )
+
+    check_missing(last)  # a WAV data chunk longer than the file is known before decoding
 
     # Input blocks and context are whole multiples of `step`, so each maps to a whole
     # number of output samples and the resampled blocks line up exactly.
@@ -91,12 +141,11 @@ def iter_blocks(
                 lo, hi = max(first, pos - context), min(last, stop + context)
                 handle.seek(lo)
                 data = handle.read(hi - lo, dtype="float32", always_2d=True)
-                if data.shape[0] < stop - lo:
-                    raise AudioError(
-                        path,
-                        f"file is truncated: {info.frames} frames in the header, "
-                        f"decoding stopped near frame {lo + data.shape[0]}",
-                    )
+                if lo + data.shape[0] < stop:  # decoding ended before the header's end
+                    check_missing(lo + data.shape[0])
+                    last = stop = lo + data.shape[0]
+                    if stop <= pos:
+                        break
                 mono = torch.from_numpy(_downmix(data))
                 if not torch.isfinite(mono).all():
                     raise AudioError(path, "audio contains NaN or infinite samples")
@@ -104,6 +153,7 @@ def iter_blocks(
                 padded = torch.zeros(context + (stop - pos) + context)
                 padded[context - (pos - lo) : context - (pos - lo) + mono.numel()] = mono
                 yield _resample_block(padded, native, sample_rate, context, stop - pos)
+                stats.decoded_frames = stop - first
                 pos = stop
     except AudioError:
         raise
@@ -117,19 +167,21 @@ def load_audio(
     start: float = 0.0,
     end: float | None = None,
     block_seconds: float = DEFAULT_BLOCK_SECONDS,
+    max_missing_seconds: float = DEFAULT_MAX_MISSING_SECONDS,
 ) -> torch.Tensor:
     """Decode ``path`` (or its ``start``..``end`` seconds) to mono float32 [N] at ``sample_rate``.
 
-    The output is allocated once and filled block by block.
+    The output is allocated once (header length) and filled block by block; it ends
+    where decoding ends (see :func:`iter_blocks` for the shortfall allowed).
     """
     info = audio_info(path)
     first, last = _segment(path, info, start, end)
     out = torch.empty(math.ceil((last - first) * sample_rate / info.sample_rate))
     filled = 0
-    for chunk in iter_blocks(path, sample_rate, start, end, block_seconds):
+    for chunk in iter_blocks(path, sample_rate, start, end, block_seconds, max_missing_seconds):
         out[filled : filled + chunk.numel()] = chunk
         filled += chunk.numel()
-    return out
+    return out[:filled]
 
 
 def _segment(path: str | Path, info: AudioInfo, start: float, end: float | None) -> tuple[int, int]:
@@ -143,12 +195,13 @@ def _segment(path: str | Path, info: AudioInfo, start: float, end: float | None)
     return first, last
 
 
-def _truncation(path: Path, container: str) -> str:
-    """Why a WAV or Ogg file is cut short, or ``""``.
+def _container_shortfall(path: Path, container: str, frames: int) -> int:
+    """Frames a WAV's ``data`` chunk declares beyond the ``frames`` present (0 if none).
 
     libsndfile quietly decodes the part of a truncated WAV or Ogg file that is there, so
-    the container is checked: a WAV ``data`` chunk longer than the bytes that follow it,
-    or an Ogg stream whose last page lacks the end-of-stream flag.
+    the container is checked: a WAV ``data`` chunk longer than the bytes that follow it
+    (its shortfall, in frames, is judged like any other), or an Ogg stream whose last
+    page lacks the end-of-stream flag (always an :class:`AudioError`: the stream was cut).
     """
     size = path.stat().st_size
     with path.open("rb") as handle:
@@ -158,15 +211,17 @@ def _truncation(path: Path, container: str) -> str:
                 chunk, length = header[:4], int.from_bytes(header[4:], "little")
                 if chunk == b"data":
                     have = size - handle.tell()
-                    return f"data chunk of {length} bytes, {have} present" if length > have else ""
+                    return round(frames * (length - have) / have) if 0 < have < length else 0
                 handle.seek(length + (length & 1), 1)
         elif container == "OGG":
             handle.seek(max(0, size - 65_536))
             tail = handle.read()
             last_page = tail.rfind(b"OggS")
             if last_page >= 0 and last_page + 5 < len(tail) and not tail[last_page + 5] & 0x04:
-                return "the Ogg stream has no end-of-stream page"
-    return ""
+                raise AudioError(
+                    path, "file is truncated: the Ogg stream has no end-of-stream page"
+                )
+    return 0
 
 
 def _downmix(data: np.ndarray) -> np.ndarray:

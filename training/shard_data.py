@@ -4,25 +4,32 @@ Reads a dataset directory written by ``make tokenize`` (see ``shared/DESIGN.md``
 
     ROOT/shards/shard-*.tar   ROOT/manifest.parquet   ROOT/dataset.json
 
-Training stream, per process: shard list -> split by node (DDP rank) -> split by DataLoader
-worker -> shard shuffle -> samples -> drop validation sources -> decode and check the
+Validation: whole shards are held out, ``round(val_fraction x shards)`` of the non-empty
+ones (at least one when there are two or more; all of them at ``val_fraction >= 1``),
+chosen by a stable hash of the shard name. Shard membership is a stable hash of the
+source, so held-out shards hold whole sources. Every rank reads the held-out shards (and
+no other) with a deterministic crop (the first ``crop_seconds``): the I/O of a
+validation pass is the held-out share, not every shard that holds a held-out clip.
+
+Training stream, per data reader (DDP rank x DataLoader worker): the reader's own
+training shards (:mod:`~musiclm.training.shard_order`: balanced by the manifest's clip
+counts, a new shard order every pass, resumable at any clip) -> decode and check the
 contract and bundle fingerprint -> sample shuffle buffer -> random aligned crop -> token
-sequence of the stage (:class:`~musiclm.training.layout.TokenLayout`) -> batches. The
-stream repeats and ``with_epoch`` cuts it so that every rank yields the same number of
-batches per epoch (unequal counts would hang DDP).
+sequence of the stage (:class:`~musiclm.training.layout.TokenLayout`) -> batches. Each
+epoch is the next ``batches_per_worker`` batches of that endless stream, so every rank
+yields the same number of batches per epoch (unequal counts would hang DDP), epochs go on
+through the data instead of replaying its start, and a run resumed from a checkpoint
+starts each reader after the batches it had already produced.
 
 Crops: ``crop_seconds`` is a whole number of semantic frames ``n_s``; a crop starting at
 semantic frame ``s`` takes acoustic frames from ``s * acoustic_per_semantic`` (the acoustic
 frame of that semantic frame), ``n_s * acoustic_per_semantic`` of them. Clips shorter than
 the crop are used whole (batches are right-padded).
-
-Validation: the sources whose stable hash falls below ``val_fraction`` (read from
-``manifest.parquet``; at least one source when there are two or more) are held out; their
-clips are read with a deterministic crop (the first ``crop_seconds``) by every rank.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -45,6 +52,12 @@ from musiclm.tokenizers.contract import (
     shard_name,
 )
 from musiclm.training.layout import TokenLayout
+from musiclm.training.shard_order import (
+    EpochSlices,
+    ReaderStream,
+    assign_shards,
+    batches_read,
+)
 
 FINGERPRINT_KEYS = ("fingerprint", "bundle_fingerprint", "bundle")
 SPEC_KEYS = ("spec", "token_spec")
@@ -82,28 +95,50 @@ def list_shards(root: str | Path) -> list[str]:
     return shards
 
 
-def validation_keys(root: str | Path, fraction: float) -> tuple[set[str], set[str]]:
-    """Sample keys and shard file names of the held-out sources (stable hash of the source)."""
-    if fraction <= 0:
-        return set(), set()
+def _manifest(root: str | Path) -> Path:
     path = Path(root) / MANIFEST_FILE
     if not path.is_file():
         raise ShardDataError(
-            f"{path} does not exist; it is needed for the validation split "
-            "(or set --data.val_fraction 0)"
+            f"{path} does not exist; the stage trainers need it (clips per shard, held-out "
+            "keys). It is written by `make tokenize`: re-tokenize into this directory."
         )
-    table = pq.read_table(path, columns=["key", "shard", "source"]).to_pydict()
-    sources = sorted(set(table["source"]))
-    score = {s: shard_index(s, VAL_HASH_BUCKETS) for s in sources}
-    held = {s for s in sources if score[s] < fraction * VAL_HASH_BUCKETS}
-    if not held and len(sources) > 1:
-        held = {min(sources, key=score.__getitem__)}
-    keys, shards = set(), set()
-    for key, shard, source in zip(table["key"], table["shard"], table["source"], strict=True):
-        if source in held:
-            keys.add(key)
-            shards.add(shard_name(shard) if isinstance(shard, int) else Path(str(shard)).name)
-    return keys, shards
+    return path
+
+
+def _shard_file(value: Any) -> str:
+    """A manifest ``shard`` value (index or path) as a shard file name."""
+    return shard_name(int(value)) if isinstance(value, int | np.integer) else Path(str(value)).name
+
+
+def manifest_shards(root: str | Path) -> dict[str, tuple[Any, int]]:
+    """``{shard file name: (its value in the manifest's shard column, clips)}``."""
+    column = pq.read_table(_manifest(root), columns=["shard"]).column("shard").to_numpy()
+    values, counts = np.unique(column, return_counts=True)
+    return {_shard_file(v): (v.item(), int(c)) for v, c in zip(values, counts, strict=True)}
+
+
+def heldout_shards(names: list[str], counts: list[int], fraction: float) -> set[str]:
+    """The shard file names held out for validation: ``round(fraction x n)`` of the ``n``
+    non-empty shards (at least 1 and at most ``n - 1`` when ``n >= 2``, all of them at
+    ``fraction >= 1``), those of lowest stable hash of their name."""
+    nonempty = sorted(name for name, count in zip(names, counts, strict=True) if count > 0)
+    if fraction <= 0 or not nonempty:
+        return set()
+    if fraction >= 1:
+        return set(nonempty)
+    if len(nonempty) < 2:
+        return set()
+    take = min(len(nonempty) - 1, max(1, round(fraction * len(nonempty))))
+    return set(sorted(nonempty, key=lambda n: shard_index(n, VAL_HASH_BUCKETS))[:take])
+
+
+def shard_keys(root: str | Path, values: list[Any]) -> set[str]:
+    """Sample keys the manifest lists in the shards whose shard column value is in ``values``
+    (read with a filter: memory grows with these shards, not with the dataset)."""
+    if not values:
+        return set()
+    table = pq.read_table(_manifest(root), columns=["key"], filters=[("shard", "in", values)])
+    return set(table.column("key").to_pylist())
 
 
 def crop_streams(
@@ -199,12 +234,47 @@ class SeededShuffle:
         return wds.filters.shuffle(self.bufsize, min(self.bufsize, 100), rng=rng)(src)
 
 
-class _KeySelect:
-    def __init__(self, keys: set[str], keep: bool) -> None:
-        self.keys, self.keep = keys, keep
+class TrainReader:
+    """Opens one data reader's endless stream of training batches (runs in its worker).
 
-    def __call__(self, raw: dict[str, Any]) -> bool:
-        return (raw["__key__"] in self.keys) == self.keep
+    ``shards``/``counts``: every training shard and its clips; ``batches_done``: batches
+    the rank had consumed when the loader was made (a resumed run), so each worker starts
+    after the clips it had already read. Picklable, for DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        shards: list[str],
+        counts: list[int],
+        hparams: Mapping[str, Any],
+        decoder: SampleDecoder,
+        builder: SequenceBuilder,
+        batches_done: int,
+    ) -> None:
+        self.shards, self.counts, self.decoder, self.builder = shards, counts, decoder, builder
+        self.seed, self.shuffle = int(hparams["seed"]), hparams["shard_shuffle"] > 0
+        self.batch_size, self.shuffle_buffer = hparams["batch_size"], hparams["shuffle_buffer"]
+        self.batches_done = batches_done
+
+    def __call__(self, rank: int, world: int, worker: int, workers: int) -> Iterator[Any]:
+        reader, readers = rank * workers + worker, world * workers
+        mine = assign_shards(self.counts, readers)[reader]
+        stream = ReaderStream(
+            tuple(self.shards[i] for i in mine),
+            tuple(self.counts[i] for i in mine),
+            self.seed,
+            reader,
+            self.shuffle,
+        )
+        start = batches_read(self.batches_done, worker, workers) * self.batch_size
+        pipeline = wds.DataPipeline(
+            functools.partial(stream.samples, start),
+            wds.map(self.decoder),
+            SeededShuffle(self.shuffle_buffer),
+            wds.map(self.builder),
+            wds.batched(self.batch_size, collation_fn=collate_sequences, partial=False),
+        )
+        return iter(pipeline)
 
 
 class StageData(pl.LightningDataModule):
@@ -216,11 +286,12 @@ class StageData(pl.LightningDataModule):
         batch_size: sequences per batch and process.
         num_workers: DataLoader workers per process (each reads its own shards).
         shuffle_buffer: samples in the shuffle buffer of each worker.
-        shard_shuffle: shard shuffle buffer (0 = read shards in order).
+        shard_shuffle: > 0 reads each reader's shards in a new seeded order every pass
+            (any positive value: the whole list is permuted); 0 reads them in name order.
         epoch_samples: training samples per epoch summed over all processes.
-        val_fraction: share of sources held out for validation (0 = none).
+        val_fraction: share of the (non-empty) shards held out for validation (0 = none).
         val_batch_size: batch size for validation (default: batch_size).
-        seed: seed of the shard shuffle.
+        seed: seed of the shard orders.
     """
 
     stage = ""
@@ -245,8 +316,14 @@ class StageData(pl.LightningDataModule):
         self.layout = TokenLayout(self.spec, self.stage)
         self.crop_frames = max(1, round(crop_seconds * self.spec.semantic_rate))
         self.shards = list_shards(root)
-        self.val_keys, val_shard_names = validation_keys(root, val_fraction)
-        self.val_shards = [s for s in self.shards if Path(s).name in val_shard_names]
+        listed = manifest_shards(root)
+        counts = [listed.get(Path(s).name, (None, 0))[1] for s in self.shards]
+        held = heldout_shards([Path(s).name for s in self.shards], counts, val_fraction)
+        self.val_shards = [s for s in self.shards if Path(s).name in held]
+        self.val_keys = shard_keys(root, [listed[name][0] for name in sorted(held)])
+        kept = [i for i, s in enumerate(self.shards) if Path(s).name not in held]
+        self.train_shards = [self.shards[i] for i in kept]
+        self.train_counts = [counts[i] for i in kept]
 
     # ----- sizes ------------------------------------------------------------------------
     def world_size(self) -> int:
@@ -254,14 +331,17 @@ class StageData(pl.LightningDataModule):
         return trainer.world_size if trainer is not None else 1
 
     def check_readers(self) -> None:
-        """Raise if there are fewer shards than data readers (processes x workers)."""
+        """Raise unless every data reader (processes x workers) gets a non-empty shard."""
         readers = self.world_size() * max(1, self.hparams.num_workers)
-        if len(self.shards) < readers:
+        usable = sum(count > 0 for count in self.train_counts)
+        if usable < readers:
             raise ShardDataError(
                 f"{self.root} has {len(self.shards)} shards but training uses {readers} data "
                 f"readers ({self.world_size()} processes x {max(1, self.hparams.num_workers)} "
-                "workers); webdataset needs at least one shard per reader or DDP hangs. Lower "
-                "--data.num_workers, use fewer devices, or re-tokenize into more shards."
+                f"workers) and needs a shard with clips for each: {usable} are left after "
+                f"holding out {len(self.val_shards)} for validation (otherwise DDP hangs). "
+                "Lower --data.num_workers or --data.val_fraction, use fewer devices, or "
+                "re-tokenize into more shards."
             )
 
     def batches_per_worker(self) -> int:
@@ -270,25 +350,23 @@ class StageData(pl.LightningDataModule):
         readers = self.world_size() * max(1, hp.num_workers)
         return max(1, math.ceil(hp.epoch_samples / (hp.batch_size * readers)))
 
+    def batches_done(self) -> int:
+        """Training batches this rank has consumed in the trainer's run (restored on resume)."""
+        trainer = getattr(self, "trainer", None)
+        return 0 if trainer is None else trainer.fit_loop.epoch_loop.total_batch_idx + 1
+
     # ----- datasets -----------------------------------------------------------------------
-    def train_dataset(self) -> wds.DataPipeline:
-        hp = self.hparams
-        dataset = (
-            wds.WebDataset(
-                self.shards,
-                shardshuffle=hp.shard_shuffle if hp.shard_shuffle > 0 else False,
-                nodesplitter=wds.split_by_node,
-                workersplitter=wds.split_by_worker,
-                seed=hp.seed,
-                empty_check=False,
-            )
-            .select(_KeySelect(self.val_keys, keep=False))
-            .map(SampleDecoder(self.spec, self.fingerprint, self.root))
-            .compose(SeededShuffle(hp.shuffle_buffer))
-            .map(SequenceBuilder(self.layout, self.crop_frames, random_start=True))
-            .batched(hp.batch_size, collation_fn=collate_sequences, partial=False)
+    def train_dataset(self, batches_done: int = 0) -> EpochSlices:
+        """Each ``iter()``: this reader's next ``batches_per_worker()`` training batches."""
+        reader = TrainReader(
+            self.train_shards,
+            self.train_counts,
+            self.hparams,
+            SampleDecoder(self.spec, self.fingerprint, self.root),
+            SequenceBuilder(self.layout, self.crop_frames, random_start=True),
+            batches_done,
         )
-        return dataset.with_epoch(nbatches=self.batches_per_worker())
+        return EpochSlices(reader, self.batches_per_worker())
 
     def val_dataset(self) -> wds.DataPipeline:
         hp = self.hparams
@@ -300,7 +378,6 @@ class StageData(pl.LightningDataModule):
                 workersplitter=wds.split_by_worker,
                 empty_check=False,
             )
-            .select(_KeySelect(self.val_keys, keep=True))
             .map(SampleDecoder(self.spec, self.fingerprint, self.root))
             .map(SequenceBuilder(self.layout, self.crop_frames, random_start=False))
             .batched(hp.val_batch_size or hp.batch_size, collation_fn=collate_sequences)
@@ -310,7 +387,7 @@ class StageData(pl.LightningDataModule):
         self.check_readers()
         workers = self.hparams.num_workers
         return wds.WebLoader(
-            self.train_dataset(),
+            self.train_dataset(self.batches_done()),
             batch_size=None,
             num_workers=workers,
             persistent_workers=workers > 0,

@@ -84,7 +84,9 @@ def make_token_dataset(
 ) -> Path:
     """Write ``root/{shards/*.tar, manifest.parquet, dataset.json}`` of synthetic clips.
 
-    Source ``i`` goes to shard ``i % num_shards`` (every shard gets sources).
+    Source ``i`` goes to shard ``i % num_shards`` (every shard gets sources) and has style
+    ``(i // num_shards) % styles``, so every shard holds several styles, as shards of
+    hashed sources do (whole shards are held out for validation).
     """
     rng = np.random.default_rng(seed)
     frames = round(seconds * spec.semantic_rate)
@@ -92,7 +94,8 @@ def make_token_dataset(
     rows = []
     writers = [wds.TarWriter(str(root / SHARD_DIR / shard_name(i))) for i in range(num_shards)]
     for i in range(sources):
-        source, style, shard = f"src{i:04d}", i % styles, i % num_shards
+        source, shard = f"src{i:04d}", i % num_shards
+        style = (i // num_shards) % styles
         for c in range(clips_per_source):
             clip = clip_fn(spec, style, frames, rng)
             key = f"{source}-{c:03d}"

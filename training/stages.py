@@ -8,8 +8,9 @@ spec of the data, so the transformer is built in ``configure_model`` from the da
 Training: next-token cross entropy on target positions only, each level scored over its
 own id range (``layout.target_range``); condition dropout replaces the MuLan prefix by the
 null tokens with probability ``cond_dropout`` (semantic and coarse) so the sampler can use
-classifier-free guidance; AdamW with linear warm-up then cosine decay; bf16 autocast on
-GPU. Logged per level: ``train/loss_<level>``, ``train/acc_<level>``, and on validation
+classifier-free guidance; AdamW with linear warm-up then cosine decay over the run's
+budget (``max_steps`` or ``max_time``, whichever ends first:
+:class:`~musiclm.training.schedule.BudgetSchedule`); bf16 autocast on GPU. Logged per level: ``train/loss_<level>``, ``train/acc_<level>``, and on validation
 ``val/loss`` with the clips' own conditioning, ``val/loss_shuffled_mulan`` (MuLan prefix
 rolled across the batch), ``val/loss_null`` (null conditioning) and, for coarse,
 ``val/loss_shuffled_semantic``.
@@ -22,7 +23,6 @@ transformer, config}`` (``config`` = the full LightningCLI config when run from 
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from musiclm.tokenizers.contract import TokenSpec
 from musiclm.training.layout import IGNORE_LEVEL, TokenLayout
+from musiclm.training.schedule import BudgetSchedule
 from musiclm.training.transformer import DecoderTransformer, TransformerConfig
 from torch import nn
 
@@ -67,14 +68,6 @@ def level_losses(
     }
 
 
-def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
-    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine down to ``floor``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 class StageModule(pl.LightningModule):
     """One MusicLM stage (subclasses fix ``stage``).
 
@@ -83,7 +76,9 @@ class StageModule(pl.LightningModule):
         position: ``"relative"`` (T5 bias, paper) or ``"rotary"``.
         num_buckets, max_distance: relative position buckets.
         lr, betas, weight_decay: AdamW (decay on matrices, not on embeddings/norms/biases).
-        warmup_steps: linear warm-up; then cosine to ``min_lr_ratio * lr`` at the last step.
+        warmup_steps: linear warm-up over this share of ``max_steps`` (of the steps a
+            ``max_time`` budget reaches); then cosine to ``min_lr_ratio * lr`` at the
+            budget's last step.
         cond_dropout: probability of replacing a sequence's MuLan prefix by null tokens.
         autocast_bf16: run forward passes in bf16 autocast when on a CUDA device.
         token_spec, bundle_fingerprint: filled in from the data (kept in checkpoints).
@@ -253,10 +248,10 @@ class StageModule(pl.LightningModule):
             lr=hp.lr,
             betas=tuple(hp.betas),
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, total, hp.min_lr_ratio)
-        )
+        multiplier = BudgetSchedule(self.trainer, hp.warmup_steps, hp.min_lr_ratio)
+        # a plain lambda: LambdaLR would put a callable object's __dict__ (the trainer) into
+        # checkpoints
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: multiplier(step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ----- checkpoints -------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Stage trainers: gradients reach every parameter, loss falls, conditioning is used,
-checkpoints carry layout and bundle, a killed run resumes, and 2-process DDP trains."""
+the LR schedule completes within a step or time budget, checkpoints carry layout and
+bundle, a killed run resumes, and 2-process DDP trains."""
 
 import os
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from musiclm.training.schedule import budget_progress, warmup_cosine
 from musiclm.training.shard_data import CoarseData, FineData, SemanticData
 from musiclm.training.stage_eval import level_counts, unigram_baselines
 from musiclm.training.stages import (
@@ -132,6 +134,56 @@ def test_conditioning_is_used_on_structured_tokens(stage, token_dataset, tmp_pat
     assert metrics["val/loss"] < 0.8 * entropy
     assert metrics["val/loss"] < metrics["val/loss_shuffled_mulan"] - 0.05
     assert metrics["val/loss"] < metrics["val/loss_null"]
+
+
+def test_schedule_warms_up_then_ends_at_its_floor_on_the_last_step_of_either_budget():
+    assert warmup_cosine(0.05, 0.1, 0.1) == pytest.approx(0.5)
+    assert warmup_cosine(0.1, 0.1, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(1.0, 0.1, 0.1) == pytest.approx(0.1)
+    assert budget_progress(99, 100, None, None) == 1.0  # the last of 100 steps
+    # a 60 s budget at 1 s a step: step 59 (59 s spent) is the last one
+    assert budget_progress(59, 10_000, 59.0, 60.0) == pytest.approx(1.0)
+    assert budget_progress(29, 10_000, 29.0, 60.0) == pytest.approx(0.5)
+
+
+class LearningRates(pl.Callback):
+    """The learning rate each optimizer step runs with."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("budget", ["steps", "time"])
+def test_a_budgeted_run_finishes_its_schedule(budget, token_dataset, tmp_path):
+    """The LR warms up to its peak and reaches its floor at the budget's last step, whether
+    the run stops at ``max_steps`` or at ``max_time`` long before ``max_steps``."""
+    data = data_for("semantic", token_dataset)
+    lr, floor = 2e-3, 0.1
+    module = built("semantic", data, lr=lr, warmup_steps=40, min_lr_ratio=floor)
+    rates = LearningRates()
+    limits = (
+        {"max_steps": 400} if budget == "steps" else {"max_steps": 10**6, "max_time": "00:00:00:04"}
+    )
+    trainer = pl.Trainer(
+        **limits,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[rates],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=data)
+    steps = len(rates.rates)
+    assert steps == 400 if budget == "steps" else 10 < steps < 10**6
+    assert max(rates.rates) > 0.95 * lr  # warm-up ended
+    assert rates.rates[-1] == pytest.approx(floor * lr, rel=0.2)
+    assert rates.rates[-1] < 0.15 * lr
 
 
 def test_checkpoint_carries_layout_and_bundle_and_loads_for_sampling(

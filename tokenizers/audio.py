@@ -201,7 +201,8 @@ def _container_shortfall(path: Path, container: str, frames: int) -> int:
     libsndfile quietly decodes the part of a truncated WAV or Ogg file that is there, so
     the container is checked: a WAV ``data`` chunk longer than the bytes that follow it
     (its shortfall, in frames, is judged like any other), or an Ogg stream whose last
-    page lacks the end-of-stream flag (always an :class:`AudioError`: the stream was cut).
+    page lacks the end-of-stream flag or is cut short (always an :class:`AudioError`:
+    the stream was cut, and how much is lost is unknown).
     """
     size = path.stat().st_size
     with path.open("rb") as handle:
@@ -216,11 +217,14 @@ def _container_shortfall(path: Path, container: str, frames: int) -> int:
         elif container == "OGG":
             handle.seek(max(0, size - 65_536))
             tail = handle.read()
-            last_page = tail.rfind(b"OggS")
-            if last_page >= 0 and last_page + 5 < len(tail) and not tail[last_page + 5] & 0x04:
+            page = tail[tail.rfind(b"OggS") :] if b"OggS" in tail else b""
+            if page and (len(page) < 27 or not page[5] & 0x04):
                 raise AudioError(
                     path, "file is truncated: the Ogg stream has no end-of-stream page"
                 )
+            lacing = page[27 : 27 + page[26]] if page else b""
+            if page and len(page) < 27 + page[26] + sum(lacing):
+                raise AudioError(path, "file is truncated: its end-of-stream page is cut short")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
-from musiclm.tokenizers.audio import AudioError, audio_info, iter_blocks, load_audio
+from musiclm.tokenizers.audio import AudioError, DecodeStats, audio_info, iter_blocks, load_audio
 
 TARGET = 24_000
 
@@ -175,3 +176,133 @@ def test_twenty_minute_file_is_read_in_blocks_without_holding_it_twice(tmp_path)
     assert grown < 1.5 * output_bytes, (
         f"peak grew {grown / 1e6:.0f} MB for {output_bytes / 1e6:.0f} MB"
     )
+
+
+# ----- truncation judged by what is missing -------------------------------------------
+CATALOGUE_RATE = 44_100
+
+
+def _music(seconds: float, rate: int = CATALOGUE_RATE) -> np.ndarray:
+    """[n, 2] float32 decaying partials: enough content for lossy encoders to keep."""
+    t = np.arange(int(seconds * rate)) / rate
+    wave = sum(np.sin(2 * np.pi * f * t) * np.exp(-(t % 0.5) * 3) for f in (220.0, 330.0, 550.0))
+    return np.stack([0.1 * wave, 0.08 * wave], axis=1).astype(np.float32)
+
+
+def _ogg_crc(data: bytes) -> int:
+    """Ogg's page checksum: CRC-32, polynomial 0x04C11DB7, not reflected, initial 0."""
+    table = []
+    for byte in range(256):
+        value = byte << 24
+        for _ in range(8):
+            value = (value << 1) ^ 0x04C11DB7 if value & 0x80000000 else value << 1
+        table.append(value & 0xFFFFFFFF)
+    crc = 0
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ table[(crc >> 24) ^ byte]
+    return crc
+
+
+def _lengthen_last_granule(path: Path, extra_frames: int) -> None:
+    """Move the final Ogg page's granule position ``extra_frames`` past the last sample."""
+    data = bytearray(path.read_bytes())
+    start = data.rfind(b"OggS")
+    segments = data[start + 26]
+    end = start + 27 + segments + sum(data[start + 27 : start + 27 + segments])
+    page = data[start:end]
+    granule = int.from_bytes(page[6:14], "little") + extra_frames
+    page[6:14] = granule.to_bytes(8, "little")
+    page[22:26] = bytes(4)
+    page[22:26] = _ogg_crc(bytes(page)).to_bytes(4, "little")
+    data[start:end] = page
+    path.write_bytes(bytes(data))
+
+
+def _decode(path: Path, **kwargs) -> tuple[torch.Tensor, DecodeStats]:
+    stats = DecodeStats()
+    wav = torch.cat(list(iter_blocks(path, TARGET, block_seconds=7.0, stats=stats, **kwargs)))
+    return wav, stats
+
+
+def test_mp3_without_a_length_header_is_read_to_its_last_decoded_frame(tmp_path):
+    """A CBR mp3 without a Xing header: its length is an estimate from size and bitrate."""
+    wav_path, mp3 = tmp_path / "source.wav", tmp_path / "estimate.mp3"
+    sf.write(wav_path, _music(20.0), CATALOGUE_RATE)
+    cbr_without_xing = ("-b:a", "128k", "-write_xing", "0")
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-i", str(wav_path), *cbr_without_xing, str(mp3)],
+        check=True,
+    )
+    wav, stats = _decode(mp3)
+    assert stats.header_frames > stats.decoded_frames  # the estimate overshoots ...
+    assert 0 < stats.missing_seconds < 0.2  # ... by a few mp3 frames, not damage
+    assert wav.numel() == math.ceil(stats.decoded_frames * TARGET / CATALOGUE_RATE)
+    assert load_audio(mp3, TARGET).numel() == wav.numel()
+
+
+def test_vorbis_with_an_overlong_final_granule_is_read_to_its_last_sample(tmp_path):
+    path = tmp_path / "granule.ogg"
+    sf.write(path, _music(20.0), CATALOGUE_RATE, format="OGG", subtype="VORBIS")
+    _lengthen_last_granule(path, CATALOGUE_RATE // 2)  # header: 0.5 s more than decodes
+    wav, stats = _decode(path)
+    assert stats.header_frames == sf.info(str(path)).frames == 20 * CATALOGUE_RATE + 22_050
+    assert abs(stats.decoded_frames - 20 * CATALOGUE_RATE) < 2048  # Vorbis block padding
+    assert wav.numel() == math.ceil(stats.decoded_frames * TARGET / CATALOGUE_RATE)
+    _lengthen_last_granule(path, 2 * CATALOGUE_RATE)  # 2.5 s past the end: not a granule slip
+    with pytest.raises(AudioError, match=r"truncated: .*\(2\.\d\d s missing"):
+        _decode(path)
+
+
+def _cut(path: Path, fraction: float) -> Path:
+    cut = path.with_name(f"cut{round(fraction * 100)}-{path.name}")
+    data = path.read_bytes()
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    return cut
+
+
+# 30 s files cut after 10%, 50% and 99% of their bytes. A 99% cut of a WAV or an mp3 with
+# a Xing header misses 0.3 s: tokenized from what decodes. An Ogg stream cut anywhere has
+# no (whole) end-of-stream page and a FLAC cut anywhere stops with a decode error: failures.
+CUT_OUTCOMES = {
+    ("WAV", 0.10): "missing",
+    ("WAV", 0.50): "missing",
+    ("WAV", 0.99): "ok",
+    ("MP3", 0.10): "missing",
+    ("MP3", 0.50): "missing",
+    ("MP3", 0.99): "ok",
+    ("OGG", 0.10): "end-of-stream",
+    ("OGG", 0.50): "end-of-stream",
+    ("OGG", 0.99): "end-of-stream page is cut short",
+    ("FLAC", 0.10): "cannot decode",
+    ("FLAC", 0.50): "cannot decode",
+    ("FLAC", 0.99): "cannot decode",
+}
+
+
+@pytest.fixture(scope="module")
+def whole_files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("whole")
+    music = _music(30.0)
+    files = {}
+    for fmt in ("WAV", "MP3", "OGG", "FLAC"):
+        files[fmt] = root / f"piece.{fmt.lower()}"
+        sf.write(files[fmt], music, CATALOGUE_RATE, format=fmt)
+    return files
+
+
+@pytest.mark.parametrize(("fmt", "fraction"), sorted(CUT_OUTCOMES))
+def test_a_cut_file_fails_when_more_than_a_second_is_missing(whole_files, fmt, fraction):
+    path = _cut(whole_files[fmt], fraction)
+    outcome = CUT_OUTCOMES[fmt, fraction]
+    if outcome == "ok":
+        wav, stats = _decode(path)
+        assert 0.2 < stats.missing_seconds < 0.4, stats
+        assert wav.numel() == math.ceil(stats.decoded_frames * TARGET / CATALOGUE_RATE)
+        with pytest.raises(AudioError, match=r"more than max_missing_seconds 0\.1"):
+            _decode(path, max_missing_seconds=0.1)  # the tolerance is a setting
+        return
+    with pytest.raises(AudioError) as err:
+        _decode(path)
+    message = str(err.value)
+    assert str(path) in message and outcome in message, message
+    assert ("truncated" in message) == (outcome != "cannot decode"), message

@@ -8,11 +8,12 @@ Prints one JSON object:
   on the CPU with the process's torch threads.
 * ``quality``: multi-scale mel distance (lower is better) and SI-SNR in dB (higher is
   better) on held-out clips, averaged over clips, at 1, 4 and 12 levels for the trained
-  codec (``--codec``, e.g. ``runs/soundstream/model`` after ``make train-tokenizer``)
-  and for the same architecture untrained, next to Opus at 6 kbps (``ffmpeg`` with
+  codec (``--codec``; default ``runs/tokenizers/soundstream/model``, which ``make demo``,
+  ``make tokenizers`` and ``make train-tokenizer TOKENIZER=soundstream`` write; the
+  benchmark stops with a message when there is none) and for the same architecture untrained, next to Opus at 6 kbps (``ffmpeg`` with
   ``libopus``; skipped with a note when ffmpeg lacks it) -- the SoundStream paper's anchor.
 
-Usage: ``python benchmarks/codec.py [--codec runs/soundstream/model] [--heldout data/demo/heldout]
+Usage: ``python benchmarks/codec.py [--codec runs/tokenizers/soundstream/model] [--heldout data/demo/heldout]
 [--clip-seconds 5] [--clips 12] [--sizes small paper]``. Wall times depend on the load of
 the machine; run it on a quiet one.
 """
@@ -25,6 +26,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +41,7 @@ from musiclm.tokenizers.codec_cli import load_codec
 from musiclm.tokenizers.soundstream import SoundStream
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CODEC = ROOT / "runs" / "tokenizers" / "soundstream" / "model"
 CONFIGS = ROOT / "configs" / "tokenizers" / "soundstream"
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus"}
 
@@ -128,7 +131,7 @@ def opus_quality(clips: torch.Tensor, sample_rate: int, kbps: float) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--codec", default=str(ROOT / "runs" / "soundstream" / "model"))
+    parser.add_argument("--codec", default=str(DEFAULT_CODEC), help="saved codec directory")
     parser.add_argument("--heldout", default=str(ROOT / "data" / "demo" / "heldout"))
     parser.add_argument("--clip-seconds", type=float, default=5.0)
     parser.add_argument("--clips", type=int, default=12)
@@ -136,6 +139,13 @@ def main() -> None:
     parser.add_argument("--rtf-seconds", type=float, default=10.0)
     parser.add_argument("--sizes", nargs="+", default=["small", "paper"])
     args = parser.parse_args()
+    codec_dir, heldout = Path(args.codec), Path(args.heldout)
+    if heldout.is_dir() and not (codec_dir / "config.json").is_file():
+        sys.exit(
+            f"codec benchmark: no saved codec at {codec_dir} (no config.json). Train one with "
+            "`make demo`, `make tokenizers` or `make train-tokenizer TOKENIZER=soundstream` "
+            "(they write runs/tokenizers/soundstream/model), or pass --codec DIR."
+        )
 
     torch.manual_seed(0)
     report: dict = {
@@ -151,27 +161,20 @@ def main() -> None:
         params = sum(p.numel() for p in codec.parameters())
         report["rtf"][size] = {"parameters": params, **real_time_factors(codec, args.rtf_seconds)}
 
-    heldout = Path(args.heldout)
     if heldout.is_dir():
-        codec_dir = Path(args.codec)
-        trained = load_codec(codec_dir) if (codec_dir / "config.json").is_file() else None
-        reference = trained or SoundStream(**codec_config("small")).eval()
-        clips = heldout_clips(heldout, args.clip_seconds, args.clips, reference.sample_rate)
-        levels = [q for q in args.levels if q <= reference.num_levels]
+        trained = load_codec(codec_dir)
+        clips = heldout_clips(heldout, args.clip_seconds, args.clips, trained.sample_rate)
+        levels = [q for q in args.levels if q <= trained.num_levels]
         quality: dict = {"clips": int(clips.shape[0]), "clip_seconds": args.clip_seconds}
-        if trained is not None:
-            quality["trained"] = {"codec": str(codec_dir), **codec_quality(trained, clips, levels)}
-            untrained = (
-                SoundStream.from_config(trained.config).eval()
-                if isinstance(trained, SoundStream)
-                else None
-            )
-        else:
-            quality["trained"] = f"skipped: no saved codec at {codec_dir} (make train-tokenizer)"
-            untrained = reference
+        quality["trained"] = {"codec": str(codec_dir), **codec_quality(trained, clips, levels)}
+        untrained = (
+            SoundStream.from_config(trained.config).eval()
+            if isinstance(trained, SoundStream)
+            else None
+        )
         if untrained is not None:
             quality["untrained"] = codec_quality(untrained, clips, levels)
-        quality["opus_6kbps"] = opus_quality(clips, reference.sample_rate, 6)
+        quality["opus_6kbps"] = opus_quality(clips, trained.sample_rate, 6)
         report["quality"] = quality
     else:
         report["quality"] = f"skipped: no held-out folder {heldout} (make demo-data)"

@@ -159,9 +159,11 @@ class FeatureReservoir:
 
     Reservoir sampling (Algorithm R, vectorized per batch): after any number of
     :meth:`add` calls, every row seen so far is in :meth:`sample` with the same
-    probability ``capacity / seen``. Memory is ``capacity * dim`` float32, whatever the
-    stream's length. Two reservoirs of disjoint streams combine with :meth:`merge`
-    (for a Beam ``CombineFn``).
+    probability ``capacity / seen``. Memory grows with the rows held (storage doubles as
+    it fills) up to ``capacity * dim`` float32, whatever the stream's length; a pickled
+    reservoir (a Beam accumulator on its way to the merge) holds only its ``len(self)``
+    rows. Two reservoirs of disjoint streams combine with :meth:`merge` (for a Beam
+    ``CombineFn``).
     """
 
     def __init__(self, capacity: int, dim: int, seed: int = 0) -> None:
@@ -169,11 +171,22 @@ class FeatureReservoir:
             raise ValueError(f"capacity and dim must be >= 1, got {capacity}, {dim}")
         self.capacity, self.dim = capacity, dim
         self.rng = np.random.default_rng(seed)
-        self.rows = np.empty((capacity, dim), dtype=np.float32)
+        self.rows = np.empty((0, dim), dtype=np.float32)  # the first len(self) rows are kept
         self.seen = 0
 
     def __len__(self) -> int:
         return min(self.seen, self.capacity)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "rows": self.rows[: len(self)]}
+
+    def _reserve(self, rows: int) -> None:
+        """Grow the storage to hold ``rows`` rows (at least doubling, at most capacity)."""
+        if rows > len(self.rows):
+            size = min(self.capacity, max(rows, 2 * len(self.rows)))
+            grown = np.empty((size, self.dim), dtype=np.float32)
+            grown[: len(self)] = self.rows[: len(self)]
+            self.rows = grown
 
     def add(self, batch: np.ndarray) -> None:
         """Offer the rows of ``batch`` [n, dim] (any float dtype; torch tensors work too)."""
@@ -182,6 +195,7 @@ class FeatureReservoir:
             raise ValueError(f"expected a batch of shape [n, {self.dim}], got {batch.shape}")
         free = max(0, self.capacity - self.seen)
         head = batch[:free]
+        self._reserve(self.seen + len(head))
         self.rows[self.seen : self.seen + len(head)] = head
         self.seen += len(head)
         rest = batch[len(head) :]
@@ -204,7 +218,7 @@ class FeatureReservoir:
         total = len(self) + len(other)
         merged.seen = self.seen + other.seen
         if total <= self.capacity and merged.seen == total:
-            merged.rows[:total] = np.concatenate([self.sample(), other.sample()])
+            merged.rows = np.concatenate([self.rows[: len(self)], other.rows[: len(other)]])
             return merged
         m = min(self.capacity, total)
         # How many of the m rows come from self's stream: hypergeometric over the streams,
@@ -213,7 +227,7 @@ class FeatureReservoir:
         take = min(max(take, m - len(other)), len(self))
         mine = merged.rng.choice(len(self), size=take, replace=False)
         theirs = merged.rng.choice(len(other), size=m - take, replace=False)
-        merged.rows[:m] = np.concatenate([self.rows[mine], other.rows[theirs]])
+        merged.rows = np.concatenate([self.rows[mine], other.rows[theirs]])
         return merged
 
     def sample(self) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from musiclm.tokenizers.kmeans import (
@@ -103,6 +105,35 @@ def test_reservoir_merge_keeps_streams_in_proportion():
     merged = a.merge(b)
     assert len(merged) == 400 and merged.seen == 4_000
     assert 0.18 < merged.sample().mean() < 0.32  # a quarter of the rows came from b
+
+
+def test_a_pickled_reservoir_holds_only_its_rows_and_goes_on_sampling():
+    """Beam pickles each partial accumulator on its way to the merge: the bytes must follow
+    the rows held, not the capacity (10k x 1024 float32 would be 41 MB)."""
+    rng = np.random.default_rng(0)
+    sizes = {}
+    for rows in (0, 3, 300, 3_000):
+        res = FeatureReservoir(capacity=10_000, dim=1024, seed=0)
+        res.add(rng.normal(size=(rows, 1024)))
+        sizes[rows] = len(pickle.dumps(res))
+    row_bytes = 1024 * 4
+    assert sizes[3] < sizes[0] + 3 * row_bytes + 1024
+    assert abs((sizes[3_000] - sizes[300]) - 2_700 * row_bytes) < 1024  # proportional
+    full = FeatureReservoir(capacity=1_000, dim=8, seed=0)
+    full.add(rng.normal(size=(5_000, 8)))
+    assert len(pickle.dumps(full)) < 1_000 * 8 * 4 + 2048
+    # a round trip keeps the sample, the count and the random state
+    batches = [rng.normal(size=(n, 8)) for n in (200, 700, 3_000)]
+    a = FeatureReservoir(capacity=1_000, dim=8, seed=3)
+    a.add(batches[0])
+    b = pickle.loads(pickle.dumps(a))
+    for batch in batches[1:]:
+        a.add(batch)
+        b.add(batch)
+    assert b.seen == a.seen == 3_900
+    np.testing.assert_array_equal(a.sample(), b.sample())
+    merged = pickle.loads(pickle.dumps(a)).merge(pickle.loads(pickle.dumps(full)))
+    assert len(merged) == 1_000 and merged.seen == 8_900
 
 
 def test_fit_from_a_stream_of_batches_finds_separated_clusters():

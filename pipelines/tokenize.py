@@ -238,7 +238,7 @@ def build_pipeline(
 
 def _metric(result: Any, name: str) -> int:
     counters = result.metrics().query(MetricsFilter().with_name(name))["counters"]
-    return int(sum(c.committed or 0 for c in counters))
+    return int(sum(c.committed if c.committed is not None else c.attempted or 0 for c in counters))
 
 
 def _check_resume(out: str, run: dict[str, Any], overwrite: bool) -> None:
@@ -320,7 +320,12 @@ def tokenize_dataset(
         len(pending),
     )
 
-    metrics = {"sources": len(pending), "clips_tokenized": 0, "model_calls": 0}
+    metrics = {
+        "sources": len(pending),
+        "clips_tokenized": 0,
+        "model_calls": 0,
+        "retried_batches": 0,
+    }
     if pending:
         pending_path = join(out, PARTS_DIR, PENDING_FILE)
         lines = "".join(json.dumps(r.to_dict()) + "\n" for r in pending)
@@ -350,6 +355,7 @@ def tokenize_dataset(
         for step in ("semantic", "acoustic", "mulan"):
             metrics[f"{step}_clips"] = _metric(result, f"{step}_clips")
             metrics["model_calls"] += _metric(result, f"{step}_calls")
+            metrics["retried_batches"] += _metric(result, f"{step}_retried_batches")
         metrics["clips_tokenized"] = metrics["semantic_clips"]
         metrics["decoded_sources"] = _metric(result, "decoded_sources")
         FileSystems.delete([pending_path])

@@ -6,9 +6,13 @@ a final norm and a linear head over the stage's vocabulary. Positions enter in o
 ways (``TransformerConfig.position``):
 
 - ``"relative"`` (default, the paper's choice): a T5-style bucketed relative position bias,
-  one learned scalar per (bucket, head), computed once per forward and shared by all
-  layers. Distances below ``num_buckets // 2`` get a bucket each; larger ones share
-  logarithmically spaced buckets up to ``max_distance``.
+  one learned scalar per (bucket, head), looked up once per forward as a bias per distance
+  and shared by all layers. Distances below ``num_buckets // 2`` get a bucket each; larger
+  ones share logarithmically spaced buckets up to ``max_distance``. Attention runs block by
+  block (:func:`~musiclm.training.attention.biased_causal_attention`), never storing
+  ``T x T`` scores; ``attention="dense"`` selects the reference path (SDPA with a dense
+  ``[1, H, T, T]`` float mask), equal within float tolerance and much heavier at long
+  crops.
 - ``"rotary"``: rotary embeddings on queries and keys (no bias), which lets
   ``scaled_dot_product_attention`` pick its flash kernel on GPU.
 
@@ -16,25 +20,38 @@ Incremental decoding: create a cache with :meth:`DecoderTransformer.new_cache` a
 ``model(tokens, cache=cache)`` repeatedly; each call appends the new tokens' keys/values
 and returns logits only for the new tokens. Feeding a prompt in one call and then one
 token per call gives the same logits (within float tolerance) as one full forward over the
-whole sequence. Sequences in a batch must share their length (the stage layout pads on the
+whole sequence. ``activation_checkpointing`` recomputes each block's activations in
+backward instead of storing them (training only). Sequences in a batch must share their length (the stage layout pads on the
 right only, and causal attention never lets a real token see a pad token after it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 import torch.nn.functional as F
+from musiclm.training.attention import (
+    RelativePositionBias,
+    biased_causal_attention,
+    dense_biased_attention,
+)
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 POSITIONS = ("relative", "rotary")
+ATTENTIONS = ("blocked", "dense")
 
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-    """Sizes of one stage transformer (the paper: 24 layers, 16 heads, d=1024, ff=4096, 0.1)."""
+    """Sizes of one stage transformer (the paper: 24 layers, 16 heads, d=1024, ff=4096, 0.1).
+
+    ``attention`` (relative positions): ``"blocked"`` (default; ``attention_block`` query
+    rows at a time) or ``"dense"`` (the SDPA reference with a ``[1, H, T, T]`` mask).
+    ``activation_checkpointing``: recompute each block in backward (less memory, ~1/3 more
+    compute). None of the three changes the weights or, beyond float rounding, the outputs.
+    """
 
     vocab_size: int
     dim: int = 1024
@@ -46,12 +63,19 @@ class TransformerConfig:
     num_buckets: int = 32
     max_distance: int = 128
     rotary_base: float = 10_000.0
+    attention: str = "blocked"
+    attention_block: int = 256
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
         if self.position not in POSITIONS:
             raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if self.attention_block < 1:
+            raise ValueError(f"attention_block must be >= 1, got {self.attention_block}")
         if self.position == "rotary" and (self.dim // self.heads) % 2:
             raise ValueError("rotary positions need an even head dimension")
         if not 0.0 <= self.dropout < 1.0:
@@ -110,39 +134,6 @@ class KVCache:
         self.values = [v.index_select(0, rows) for v in self.values]
 
 
-def relative_position_bucket(
-    relative: torch.Tensor, num_buckets: int, max_distance: int
-) -> torch.Tensor:
-    """T5 causal buckets of ``relative = key_pos - query_pos`` (<= 0 where attention is allowed).
-
-    Returns LongTensor of the same shape with values in ``[0, num_buckets)``. Future
-    positions (relative > 0) fall into bucket 0 with distance 0; the causal mask hides them.
-    """
-    distance = (-relative).clamp(min=0)
-    exact = num_buckets // 2
-    is_small = distance < exact
-    scaled = torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact)
-    large = exact + (scaled * (num_buckets - exact)).long()
-    large = large.clamp(max=num_buckets - 1)
-    return torch.where(is_small, distance, large)
-
-
-class RelativePositionBias(nn.Module):
-    """Learned T5 bias ``[H, Tq, Tk]`` for query positions ``q_pos`` and key positions ``k_pos``."""
-
-    def __init__(self, heads: int, num_buckets: int, max_distance: int) -> None:
-        super().__init__()
-        self.num_buckets = num_buckets
-        self.max_distance = max_distance
-        self.embedding = nn.Embedding(num_buckets, heads)
-
-    def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        buckets = relative_position_bucket(
-            k_pos[None, :] - q_pos[:, None], self.num_buckets, self.max_distance
-        )
-        return self.embedding(buckets).permute(2, 0, 1)
-
-
 def rotary_tables(
     positions: torch.Tensor, head_dim: int, base: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,7 +152,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
-    """Multi-head causal self-attention through ``F.scaled_dot_product_attention``."""
+    """Multi-head causal self-attention: blocked with the relative bias, else SDPA."""
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
@@ -172,14 +163,16 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor | None,
+        bias: torch.Tensor | None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
         cache: KVCache | None,
         layer: int,
     ) -> torch.Tensor:
         """``x [B, T, D]`` -> ``[B, T, D]``.
 
-        ``mask`` is a float bias ``[1, H or 1, T, T_keys]`` (-inf hides a key) or None: plain
+        ``bias`` (see :meth:`DecoderTransformer.attention_inputs`): the relative bias per
+        distance ``[H, T_keys]`` (blocked attention), a float mask ``[1, H or 1, T, T_keys]``
+        (-inf hides a key; dense reference, or rotary with a cached chunk), or None: plain
         causal attention when no keys are cached, all cached keys visible for one query.
         """
         b, t, _ = x.shape
@@ -190,12 +183,12 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.append(layer, k, v)
         dropout = cfg.dropout if self.training else 0.0
-        if mask is None:
+        if bias is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=t > 1)
+        elif bias.ndim == 2:
+            y = biased_causal_attention(q, k, v, bias, dropout, cfg.attention_block)
         else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask.to(q.dtype), dropout_p=dropout
-            )
+            y = dense_biased_attention(q, k, v, bias, dropout)
         return self.out(y.transpose(1, 2).reshape(b, t, cfg.dim))
 
 
@@ -215,8 +208,8 @@ class Block(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, mask, rotary, cache, layer) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), mask, rotary, cache, layer))
+    def forward(self, x, bias, rotary, cache, layer) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), bias, rotary, cache, layer))
         return x + self.dropout(self.ff(self.ff_norm(x)))
 
 
@@ -248,30 +241,37 @@ class DecoderTransformer(nn.Module):
         weight = self.embedding.weight
         return KVCache(self.config, batch, capacity, weight.device, dtype or weight.dtype)
 
-    def _positions(
+    def attention_inputs(
         self, t: int, offset: int, device: torch.device
     ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
-        """Attention mask (float, ``[1, H, t, offset+t]`` or None) and rotary tables."""
-        q_pos = torch.arange(offset, offset + t, device=device)
-        k_pos = torch.arange(offset + t, device=device)
+        """What every layer's attention needs for ``t`` queries after ``offset`` cached keys:
+        ``(bias, rotary)``. Relative: the bias per distance ``[H, offset+t]`` (blocked) or
+        its dense mask ``[1, H, t, offset+t]`` (reference). Rotary: cos/sin tables, and a
+        ``[1, 1, t, offset+t]`` mask only for a chunk after cached keys."""
         if self.position_bias is not None:
-            bias = self.position_bias(q_pos, k_pos)
-            future = k_pos[None, :] > q_pos[:, None]
-            return bias.masked_fill(future, float("-inf")).unsqueeze(0), None
+            bias = self.position_bias(offset + t, device)
+            if self.config.attention == "dense":
+                return RelativePositionBias.dense(bias, t), None
+            return bias, None
+        q_pos = torch.arange(offset, offset + t, device=device)
         rotary = rotary_tables(q_pos, self.config.head_dim, self.config.rotary_base)
         if offset == 0 or t == 1:
             return None, rotary  # plain causal, or one query that may see every cached key
-        future = k_pos[None, :] > q_pos[:, None]
+        future = torch.arange(offset + t, device=device)[None, :] > q_pos[:, None]
         mask = torch.zeros(t, offset + t, device=device).masked_fill(future, float("-inf"))
         return mask[None, None], rotary
 
     def hidden(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Final normalized hidden states ``[B, T, D]`` for ``tokens [B, T]``."""
         offset = 0 if cache is None else cache.length
-        mask, rotary = self._positions(tokens.shape[1], offset, tokens.device)
+        bias, rotary = self.attention_inputs(tokens.shape[1], offset, tokens.device)
         x = self.embed_dropout(self.embedding(tokens))
+        recompute = self.config.activation_checkpointing and self.training and cache is None
         for layer, block in enumerate(self.blocks):
-            x = block(x, mask, rotary, cache, layer)
+            if recompute and torch.is_grad_enabled():
+                x = checkpoint(block, x, bias, rotary, None, layer, use_reentrant=False)
+            else:
+                x = block(x, bias, rotary, cache, layer)
         if cache is not None:
             cache.advance(tokens.shape[1])
         return self.norm(x)

@@ -14,15 +14,17 @@ continues where the last one stopped):
 4. tokenize train/heldout ``musiclm.pipelines.tokenize_cli``        -> RUNS/tokens/<split>
 5. three stages           ``musiclm.training.cli stage-<s>``        -> RUNS/<s>/.../last.ckpt
    each scored on the held-out tokens ``musiclm.training.stage_eval`` -> RUNS/eval/stage-<s>.json
-6. three prompts sampled  ``musiclm.sampling.cli``                  -> RUNS/samples/demo_<i>.wav
+   and at every saved step           ``musiclm.training.stage_curve`` -> RUNS/eval/curve-<s>.json
+6. six prompts sampled    ``musiclm.sampling.cli``                  -> RUNS/samples/demo_<i>.wav
 7. evaluation report      ``musiclm.sampling.eval_cli``             -> RUNS/eval/report.md
 
 Training steps get a wall-clock budget (``--trainer.max_time``, from :data:`BUDGET_MINUTES`
 times ``--time-scale``) on top of their config's ``max_steps``, so the whole demo fits in
-about 20 minutes on 2 CPU cores at ``small`` size. The prompts are the captions of three
+about 30 minutes on 2 idle CPU cores at ``small`` size; each training's learning-rate schedule
+ends with its budget (:mod:`musiclm.training.schedule`). The prompts are the captions of six
 held-out pieces of different sources; the report compares each sample's MuLan score with
-its own prompt against the other prompts (MCC), and FAD of the samples and of white noise
-against the held-out music.
+its own prompt against the other prompts (MCC), FAD of the samples and of white noise
+against the held-out music, and plots each stage's held-out learning curve.
 
 Tokenizer runs live under ``RUNS/tokenizers/`` so that the semantic *tokenizer* and the
 semantic *stage* never share a run folder (both would otherwise be ``RUNS/semantic``, and
@@ -51,6 +53,7 @@ BUDGET_MINUTES = {
     "stage-fine": 1.5,
 }
 DONE_MARK = "demo-done"
+PROMPTS = 6  # held-out captions sampled, one per source where possible
 # fit_cli component flag -> tokenizer trainer whose exported model it takes
 FIT_COMPONENTS = {"codec": "soundstream", "semantic": "semantic", "mulan": "mulan"}
 
@@ -77,7 +80,7 @@ def python(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def pick_prompts(heldout: Path, count: int = 3) -> list[str]:
+def pick_prompts(heldout: Path, count: int = PROMPTS) -> list[str]:
     """Captions of ``count`` held-out pieces, from different sources where possible."""
     by_source: dict[str, list[str]] = {}
     for side in sorted(heldout.rglob("*.json")):
@@ -141,6 +144,12 @@ def build_steps(args: argparse.Namespace) -> list[Step]:
             "--train", str(tokens / "train"), "--out", str(report),
         )  # fmt: skip
         steps.append(Step(f"evaluate stage {stage}", command, report))
+        curve = runs / "eval" / f"curve-{stage}.json"
+        command = python(
+            "musiclm.training.stage_curve", str(runs / stage), "--heldout", str(tokens / "heldout"),
+            "--train", str(tokens / "train"), "--out", str(curve),
+        )  # fmt: skip
+        steps.append(Step(f"learning curve {stage}", command, curve))
     return steps
 
 
@@ -155,7 +164,7 @@ def sample_step(args: argparse.Namespace, prompts: list[str]) -> Step:
     for prompt in prompts:
         command += ["--text", prompt]
     last = out.with_name(f"demo_{len(prompts) - 1}.json")
-    return Step("sample 3 prompts", command, last)
+    return Step(f"sample {len(prompts)} prompts", command, last)
 
 
 def eval_step(args: argparse.Namespace) -> Step:
@@ -164,6 +173,7 @@ def eval_step(args: argparse.Namespace) -> Step:
         "musiclm.sampling.eval_cli", "--generated", str(runs / "samples" / "demo"),
         "--reference", str(Path(args.demo) / "heldout"), "--bundle", str(runs / "bundle"),
         "--noise-baseline", "--window-seconds", str(args.eval_window), "--out", str(runs / "eval"),
+        "--curves", *(str(runs / "eval" / f"curve-{stage}.json") for stage in STAGES),
     )  # fmt: skip
     return Step("evaluation", command, runs / "eval" / "metrics.json")
 
@@ -207,6 +217,12 @@ def summary(args: argparse.Namespace, steps: list[Step], prompts: list[str]) -> 
             "mcc_ceiling_heldout_music": metrics.get("mcc_reference"),
             "stages_heldout": {
                 stage: json.loads((runs / "eval" / f"stage-{stage}.json").read_text())
+                for stage in STAGES
+            },
+            "stage_steps": {
+                stage: [
+                    p["step"] for p in metrics.get("curves", {}).get(stage, {}).get("points", [])
+                ]
                 for stage in STAGES
             },
         },

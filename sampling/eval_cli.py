@@ -17,6 +17,9 @@
   of the reference music with its own captions, and (with a codec) of its codec round trip.
 - ``--noise-baseline`` adds white noise (each generated clip's length and loudness) as a
   second set: an anchor that generated music should beat.
+- ``--curves``: held-out learning curves of the stages (JSON of
+  ``python -m musiclm.training.stage_curve``), tabulated and plotted against their
+  training-split unigram baselines.
 - Writes ``report.md``, ``report.png`` and ``metrics.json`` to ``--out``.
 """
 
@@ -161,6 +164,23 @@ def reference_cycle(
     return out
 
 
+def read_curves(paths: list[str]) -> dict[str, dict[str, Any]]:
+    """``{stage: curve}`` from ``stage_curve`` JSON files (see :mod:`.report`)."""
+    curves = {}
+    for item in paths:
+        path = Path(item)
+        if not path.is_file():
+            raise EvalError(
+                f"learning curve {path} does not exist; write it with "
+                "`python -m musiclm.training.stage_curve RUN --heldout ... --train ... --out FILE`"
+            )
+        curve = json.loads(path.read_text())
+        if "stage" not in curve or "points" not in curve:
+            raise EvalError(f"{path} is not a stage_curve JSON (no 'stage' and 'points')")
+        curves[curve["stage"]] = curve
+    return curves
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="musiclm-eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -176,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-seconds", type=float, default=30.0, help="seconds read per file")
     parser.add_argument("--window-seconds", type=float, default=10.0, help="FAD window length")
     parser.add_argument("--temperature", type=float, default=0.1, help="zero-shot tag softmax T")
+    parser.add_argument("--curves", nargs="*", default=[], help="stage_curve JSON files")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", required=True, help="folder for report.md/png, metrics.json")
     return parser
@@ -210,8 +231,11 @@ def main(argv: list[str] | None = None) -> None:
             window_seconds=args.window_seconds,
             temperature=args.temperature,
         )
+        curves = read_curves(args.curves)
     except (EvalError, BundleError, FileNotFoundError) as err:
         sys.exit(f"musiclm-eval: {err}")
+    if curves:
+        results["curves"] = curves
     paths = write_report(results, args.out)
     print(json.dumps({k: v for k, v in results.items() if k != "setup"}, default=float))
     for name, path in paths.items():

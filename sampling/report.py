@@ -7,6 +7,8 @@ Input is the dictionary :mod:`musiclm.sampling.eval_cli` builds::
      "mcc": {"own": float, "others": float, "prompts": [...], "matrix": [[...]]} | None,
      "codec": {"levels": [1, 4, 12], "mel_distance": [...], "si_snr": [...]} | None,
      "mcc_reference": {"reference" | "codec round trip": {"own", "others"}} | absent,
+     "curves": {stage: {"points": [{"step", "loss", "loss_shuffled_mulan", ...}],
+                        "train_unigram_cross_entropy": float, ...}} | absent,
      "setup": {...}}                                        # what was compared, with what
 """
 
@@ -92,13 +94,31 @@ def markdown(results: dict[str, Any], plot_name: str) -> str:
         ):
             lines.append(f"| {q} | {_fmt(mel)} | {_fmt(snr)} |")
         lines.append("")
+    curves = results.get("curves")
+    if curves:
+        lines += [
+            "## Learning curves: held-out loss per saved step (nats per target token)",
+            "",
+            "| stage | step | loss | shuffled MuLan | shuffled semantic | null | "
+            "training-split unigram |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for stage, curve in curves.items():
+            base = curve.get("train_unigram_cross_entropy")
+            for point in curve["points"]:
+                cells = [point.get(k) for k in ("loss", "loss_shuffled_mulan",
+                                                "loss_shuffled_semantic", "loss_null")]  # fmt: skip
+                row = " | ".join(_fmt(c) for c in cells)
+                lines.append(f"| {stage} | {point['step']} | {row} | {_fmt(base)} |")
+        lines.append("")
     lines += [f"![figures]({plot_name})", ""]
     return "\n".join(lines)
 
 
 def plot(results: dict[str, Any], path: str | Path) -> None:
-    """A PNG with one panel per figure group: FAD bars, MCC matrix, codec quality per level."""
-    panels = [k for k in ("fad", "mcc", "codec") if results.get(k)]
+    """A PNG with one panel per figure group: FAD bars, MCC matrix, codec quality per level,
+    and the stages' held-out learning curves."""
+    panels = [k for k in ("fad", "mcc", "codec", "curves") if results.get(k)]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 4))
     axes = [axes] if not hasattr(axes, "__len__") else list(axes)
     for ax, key in zip(axes, panels, strict=False):
@@ -115,6 +135,8 @@ def plot(results: dict[str, Any], path: str | Path) -> None:
             ax.set_xlabel("generated audio")
             ax.set_ylabel("prompt")
             fig.colorbar(image, ax=ax)
+        elif key == "curves":
+            _plot_curves(ax, results["curves"])
         else:
             codec = results["codec"]
             ax.plot(codec["levels"], codec["mel_distance"], "o-", label="mel distance")
@@ -129,6 +151,23 @@ def plot(results: dict[str, Any], path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _plot_curves(ax: Any, curves: dict[str, dict[str, Any]]) -> None:
+    """Held-out loss minus the training-split unigram cross entropy, per stage, vs step."""
+    for stage, curve in curves.items():
+        base = curve.get("train_unigram_cross_entropy") or 0.0
+        steps = [p["step"] for p in curve["points"]]
+        line = ax.plot(steps, [p["loss"] - base for p in curve["points"]], "o-", label=stage)[0]
+        shuffled = [p.get("loss_shuffled_mulan") for p in curve["points"]]
+        if all(v is not None for v in shuffled):
+            ax.plot(steps, [v - base for v in shuffled], ":", color=line.get_color(),
+                    label=f"{stage}, shuffled MuLan")  # fmt: skip
+    ax.axhline(0.0, color="gray", lw=1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("held-out loss - unigram (nats)")
+    ax.set_title("learning curves (below 0: beats the unigram)")
+    ax.legend(fontsize=7)
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:

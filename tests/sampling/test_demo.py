@@ -28,8 +28,9 @@ def test_steps_cover_the_pipeline_with_budgets_and_resume(tmp_path):
     assert names == [
         "demo music", "tokenizer soundstream", "tokenizer semantic", "tokenizer mulan",
         "codebooks + bundle", "tokenize train", "tokenize heldout",
-        "stage semantic", "evaluate stage semantic", "stage coarse", "evaluate stage coarse",
-        "stage fine", "evaluate stage fine",
+        "stage semantic", "evaluate stage semantic", "learning curve semantic",
+        "stage coarse", "evaluate stage coarse", "learning curve coarse",
+        "stage fine", "evaluate stage fine", "learning curve fine",
     ]  # fmt: skip
     coarse = steps[names.index("stage coarse")].command
     assert coarse[:3] == [sys.executable, "-m", "musiclm.training.cli"]
@@ -41,6 +42,12 @@ def test_steps_cover_the_pipeline_with_budgets_and_resume(tmp_path):
     scored = steps[names.index("evaluate stage coarse")]
     assert scored.command[3:5] == [str(tmp_path / "runs" / "coarse"), "--heldout"]
     assert scored.output == tmp_path / "runs" / "eval" / "stage-coarse.json"
+    # and at every saved step; the report plots those curves
+    curve = steps[names.index("learning curve coarse")]
+    assert curve.command[2:4] == ["musiclm.training.stage_curve", str(tmp_path / "runs" / "coarse")]
+    report = demo.eval_step(args_for(tmp_path)).command
+    curves = report[report.index("--curves") + 1 :]
+    assert curves == [str(tmp_path / "runs" / "eval" / f"curve-{s}.json") for s in demo.STAGES]
     # the semantic tokenizer and the semantic stage never share a run folder
     semantic_tok = steps[names.index("tokenizer semantic")].command
     root = semantic_tok[semantic_tok.index("--trainer.default_root_dir") + 1]
@@ -70,6 +77,6 @@ def test_prompts_come_from_different_sources(tmp_path):
         (heldout / source).mkdir(parents=True)
         for i, caption in enumerate(captions):
             (heldout / source / f"{i}.json").write_text(json.dumps({"caption": caption}))
-    assert demo.pick_prompts(heldout) == ["chorale A", "folk A", "game A"]
+    assert demo.pick_prompts(heldout, count=3) == ["chorale A", "folk A", "game A"]
     with pytest.raises(SystemExit, match="only 4 captioned pieces"):
         demo.pick_prompts(heldout, count=5)

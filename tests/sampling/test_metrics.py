@@ -180,6 +180,30 @@ def test_eval_cli_writes_report(tiny_mulan_dir, tmp_path, capsys):
     assert "report.md" in capsys.readouterr().out
 
 
+def test_eval_cli_tabulates_and_plots_learning_curves(tiny_mulan_dir, tmp_path):
+    import json
+
+    from musiclm.sampling import eval_cli
+
+    prompts = ["a slow organ chorale", "fast piano jazz"]
+    _write_set(tmp_path / "gen", _tones([220, 440], seconds=1.5), prompts, "text")
+    curve = {"stage": "coarse", "train_unigram_cross_entropy": 6.8, "heldout_unigram_entropy": 5.9,
+             "points": [{"step": 50, "loss": 6.9, "loss_shuffled_mulan": 6.95},
+                        {"step": 100, "loss": 6.4, "loss_shuffled_mulan": 6.5}]}  # fmt: skip
+    (tmp_path / "curve.json").write_text(json.dumps(curve))
+    args = ["--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "gen"),
+            "--mulan", str(tiny_mulan_dir), "--window-seconds", "1.0"]  # fmt: skip
+    eval_cli.main(
+        [*args, "--out", str(tmp_path / "eval"), "--curves", str(tmp_path / "curve.json")]
+    )
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "Learning curves" in report
+    assert "| coarse | 100 | 6.4000 | 6.5000 | n/a | n/a | 6.8000 |" in report
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["curves"]["coarse"] == curve
+    with pytest.raises(SystemExit, match="stage_curve"):
+        eval_cli.main([*args, "--out", str(tmp_path / "e2"), "--curves", str(tmp_path / "no.json")])
+
+
 def test_eval_cli_names_a_missing_folder(tiny_mulan_dir, tmp_path):
     from musiclm.sampling import eval_cli
 

@@ -1,6 +1,8 @@
 """SoundStream: the acoustic codec (causal SEANet encoder, RVQ, SEANet decoder).
 
-The encoder may also take a causal log-mel branch (``mel_bands``; off in the paper).
+The encoder may also take a causal log-mel branch (``mel_bands``; off in the paper), and the
+decoder may be an STFT decoder (``decoder: stft``, :mod:`~musiclm.tokenizers.stft_decoder`)
+instead of the paper's SEANet one.
 
 The paper's codec for MusicLM: 24 kHz mono, total stride 480 (50 frames a second), an
 RVQ of 12 levels x 1024 codes (6 kbps). Every number is a constructor argument (saved in
@@ -31,6 +33,7 @@ from musiclm.tokenizers.mel_frontend import LogMelBranch
 from musiclm.tokenizers.rvq import QuantizerOutput, ResidualVectorQuantizer
 from musiclm.tokenizers.saved_config import CONFIG_FILE, read_saved_config
 from musiclm.tokenizers.seanet import SEANetDecoder, SEANetEncoder
+from musiclm.tokenizers.stft_decoder import STFTDecoder
 from torch import nn
 
 KIND = "soundstream"
@@ -54,6 +57,10 @@ class SoundStream(nn.Module):
         mel_bands: when above 0, the encoder's output gets ``proj(log mel)`` of this many
             causal mel bands added (:class:`~musiclm.tokenizers.mel_frontend.LogMelBranch`);
             0 is the paper's waveform-only encoder.
+        decoder: ``"seanet"`` (the paper's, mirroring the encoder) or ``"stft"``
+            (:class:`~musiclm.tokenizers.stft_decoder.STFTDecoder`: frame-rate residual
+            units predict STFT frames, inverted by overlap-add; far cheaper on a CPU).
+        decoder_width, decoder_blocks: the STFT decoder's channels and residual groups.
     """
 
     def __init__(
@@ -70,6 +77,9 @@ class SoundStream(nn.Module):
         dead_code_threshold: float = 0.05,
         quantizer_dropout: float = 1.0,
         mel_bands: int = 0,
+        decoder: str = "seanet",
+        decoder_width: int = 256,
+        decoder_blocks: int = 1,
     ) -> None:
         super().__init__()
         strides = [int(s) for s in strides]
@@ -80,6 +90,8 @@ class SoundStream(nn.Module):
             )
         if sample_rate % hop:
             raise ValueError(f"hop {hop} must divide the sample rate {sample_rate}")
+        if decoder not in ("seanet", "stft"):
+            raise ValueError(f"decoder must be 'seanet' or 'stft', got {decoder!r}")
         self.config: dict[str, Any] = {
             "sample_rate": sample_rate,
             "hop": hop,
@@ -93,6 +105,9 @@ class SoundStream(nn.Module):
             "dead_code_threshold": dead_code_threshold,
             "quantizer_dropout": quantizer_dropout,
             "mel_bands": mel_bands,
+            "decoder": decoder,
+            "decoder_width": decoder_width,
+            "decoder_blocks": decoder_blocks,
         }
         self.sample_rate = sample_rate
         self.hop = hop
@@ -109,7 +124,10 @@ class SoundStream(nn.Module):
             dead_code_threshold=dead_code_threshold,
             quantizer_dropout=quantizer_dropout,
         )
-        self.decoder = SEANetDecoder(channels, dim, strides)
+        if decoder == "stft":
+            self.decoder = STFTDecoder(dim, hop, decoder_width, decoder_blocks)
+        else:
+            self.decoder = SEANetDecoder(channels, dim, strides)
 
     # ----- shapes ------------------------------------------------------------------------
     def frames(self, num_samples: int) -> int:

@@ -14,11 +14,36 @@ from musiclm.tokenizers.soundstream import SoundStream
 TINY = {"channels": 4, "dim": 16}
 
 
-@pytest.fixture(scope="module", params=[0, 16], ids=["waveform", "waveform+mel"])
+VARIANTS = {
+    "waveform": {},
+    "waveform+mel": {"mel_bands": 16},
+    "waveform+mel, stft decoder": {"mel_bands": 16, "decoder": "stft", "decoder_width": 32},
+}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
 def codec(request) -> SoundStream:
-    """The paper's waveform encoder, and the same with a 16-band log-mel branch."""
+    """The paper's waveform encoder and SEANet decoder, the same with a 16-band log-mel
+    branch, and that with the STFT decoder."""
     torch.manual_seed(0)
-    return SoundStream(**TINY, mel_bands=request.param).eval()
+    return SoundStream(**TINY, **VARIANTS[request.param]).eval()
+
+
+def test_stft_decoder_overlap_add_inverts_windowed_frames():
+    """Frames of ``n_fft = 4 hop`` samples centred on each code frame, windowed, come back
+    as the exact signal: the decoder only has to learn the spectrum of each frame."""
+    from musiclm.tokenizers.stft_decoder import STFTDecoder
+
+    decoder = STFTDecoder(dim=8, hop=480, width=16)
+    hop, n_fft, frames = 480, decoder.n_fft, 20
+    wav = torch.randn(2, frames * hop)
+    start = (n_fft - hop) // 2
+    padded = torch.nn.functional.pad(wav, (start, n_fft))
+    windows = padded.unfold(1, n_fft, hop)[:, :frames].transpose(1, 2) * decoder.window[:, None]
+    torch.testing.assert_close(decoder.overlap_add(windows), wav, atol=1e-5, rtol=0)
+    assert decoder(torch.randn(2, 8, frames)).shape == (2, 1, frames * hop)
+    with pytest.raises(ValueError, match="decoder must be 'seanet' or 'stft'"):
+        SoundStream(**TINY, decoder="vocos")
 
 
 @pytest.mark.parametrize("num_samples", [480, 12_345, 24_000])

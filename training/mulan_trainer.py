@@ -81,7 +81,10 @@ class MuLanModule(pl.LightningModule):
     (random crops, ``crop_seconds`` = ``spec.mulan_window_seconds``). Rows with an empty
     caption are left out of the loss (rows and columns); other crops of a row's own source
     are not counted as its negatives. A small text tower's WordPiece tokenizer is trained on the training
-    captions at setup (and stored in checkpoints); a pretrained tower brings its own.
+    captions at setup (and stored in checkpoints); a pretrained tower brings its own. Under
+    DDP every rank uses rank 0's tokenizer: HF tokenizers' WordPiece trainer gives another
+    vocabulary order in every process, and ranks that share embedding weights must share
+    token ids.
     ``text_lr`` is the learning rate of a pretrained text encoder; 0 locks it (only the
     projection head trains, encoder outputs are cached per caption: the cheap CPU setting).
     """
@@ -126,6 +129,8 @@ class MuLanModule(pl.LightningModule):
                 "with audio; add sidecar captions (see musiclm.pipelines.sources)"
             )
         tower.train_tokenizer(captions)
+        if self.trainer.world_size > 1:  # WordPiece training differs between processes
+            tower.set_tokenizer_json(self.trainer.strategy.broadcast(tower.tokenizer_json()))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[TOKENIZER_KEY] = self.mulan.text_tower.tokenizer_json()

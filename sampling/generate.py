@@ -13,7 +13,9 @@ stride and a 15 s prefix), so minutes of audio come from a model that saw 30 s.
 
 Randomness is per row (:class:`RowRandom`: row ``i`` draws from its own generator), so a
 batch gives exactly what the rows would give one at a time, and a seed reproduces output.
-Sampling is by the inverse CDF of one uniform per row and step.
+Sampling is by the inverse CDF of one uniform per row and step. The uniforms of a call are
+drawn up front and moved to the model's device once; filtering, guidance and drawing run
+there, so a GPU is never synchronised per token (only the finished tokens come back).
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ def filter_logits(logits: torch.Tensor, settings: SamplingSettings) -> torch.Ten
 def sample_logits(
     logits: torch.Tensor, settings: SamplingSettings, uniforms: torch.Tensor
 ) -> torch.Tensor:
-    """Draw one index per row of ``logits [B, K]`` with ``uniforms [B]`` -> LongTensor ``[B]``."""
+    """Draw one index per row of ``logits [B, K]`` with ``uniforms [B]`` -> LongTensor ``[B]``,
+    on the device of ``logits`` (``uniforms`` float64 on the same device)."""
     if settings.temperature == 0:
         return logits.argmax(dim=-1)
     probs = filter_logits(logits, settings).double().softmax(dim=-1)
@@ -121,32 +124,33 @@ def generate(
     batch = prompt.shape[0]
     if len(random) != batch:
         raise ValueError(f"{len(random)} random generators for {batch} rows")
+    device = model.embedding.weight.device
     use_guidance = null_prompt is not None and settings.guidance != 1.0
     rows = torch.cat([prompt, null_prompt]) if use_guidance else prompt
-    rows = rows.to(model.embedding.weight.device)
+    rows = rows.to(device)
     ranges = [layout.target_range(layout.target_level(first_index + i)) for i in range(n_tokens)]
-    uniforms = random.uniforms(n_tokens)
+    uniforms = random.uniforms(n_tokens).to(device)  # one transfer for the whole call
     cache = model.new_cache(rows.shape[0], rows.shape[1] + n_tokens) if use_cache else None
     logits = model(rows, cache=cache)[:, -1]
-    out = torch.empty(batch, n_tokens, dtype=torch.long)
+    out = torch.empty(batch, n_tokens, dtype=torch.long, device=device)
     sequence = rows
-    for i, (lo, hi) in enumerate(ranges):
+    for i, (lo, hi) in enumerate(ranges):  # filtering and drawing stay on the model's device
         scores = logits[:, lo:hi].float()
         if use_guidance:
             scores = guided(scores[:batch], scores[batch:], settings.guidance)
-        token = sample_logits(scores.cpu(), settings, uniforms[:, i]) + lo
+        token = sample_logits(scores, settings, uniforms[:, i]) + lo
         out[:, i] = token
         if on_token is not None:
             on_token()
         if i + 1 == n_tokens:
             break
-        step = (torch.cat([token, token]) if use_guidance else token)[:, None].to(rows.device)
+        step = (torch.cat([token, token]) if use_guidance else token)[:, None]
         if use_cache:
             logits = model(step, cache=cache)[:, -1]
         else:  # recompute every position, project only the last one
             sequence = torch.cat([sequence, step], dim=1)
             logits = model.head(model.hidden(sequence)[:, -1])
-    return out
+    return out.cpu()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from musiclm.sampling import generate as G
@@ -39,6 +41,26 @@ def test_cache_gives_the_same_tokens_as_full_recompute():
     cached = run(model, layout, MULAN, [0, 1, 2])
     full = run(model, layout, MULAN, [0, 1, 2], use_cache=False)
     assert torch.equal(cached, full)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sampling_on_a_gpu_does_not_synchronise_per_token():
+    model, layout = tiny_model("semantic")
+    model.cuda()
+    settings = G.SamplingSettings(temperature=0.9, top_k=50, top_p=0.95, guidance=2.0)
+
+    def synchronisations(n: int) -> int:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                tokens = run(model, layout, MULAN, [0, 1, 2], n=n, settings=settings)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        assert tokens.device.type == "cpu" and tokens.shape == (3, n)
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert synchronisations(4) == synchronisations(32)
 
 
 def test_same_seed_same_tokens_different_seed_different_tokens():

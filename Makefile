@@ -14,6 +14,12 @@ TOKENIZER ?= soundstream
 PROMPT ?= a slow Bach chorale played on a church organ
 SECONDS ?= 10
 ARGS ?=
+# Beam runner of the fit and tokenize pipelines: direct (DirectRunner, multi-processing) or
+# portable (PortableRunner against Beam's job service + an SDK worker pool on loopback).
+RUNNER ?= direct
+PIPELINE_direct := $(PY) -m
+PIPELINE_portable := $(PY) -m musiclm.pipelines.portable
+PIPELINE = $(or $(PIPELINE_$(RUNNER)),$(error RUNNER=$(RUNNER): use RUNNER=direct or RUNNER=portable))
 SYSTEM_PACKAGES := fluidsynth fluid-soundfont-gm openttd-openmsx wesnoth-1.16-music singularity-music ffmpeg
 
 .PHONY: install system-deps test lint demo-data tokenizers train-tokenizer tokenize train-stage sample demo bench clean
@@ -51,14 +57,14 @@ train-tokenizer: install  ## train one tokenizer model: TOKENIZER=soundstream|se
 	$(PY) -m musiclm.training.cli tokenizer-$(TOKENIZER) --config configs/tokenizers/$(TOKENIZER)/$(SIZE).yaml \
 	  --data.root $(DATASET) --trainer.default_root_dir $(RUNS)/tokenizers/$(TOKENIZER) $(ARGS)
 
-tokenizers: install  ## train the three tokenizers, fit k-means/RVQ codebooks, write the bundle to $(BUNDLE)
+tokenizers: install  ## train the three tokenizers, fit k-means/RVQ codebooks, write the bundle to $(BUNDLE) (RUNNER=direct|portable)
 	$(MAKE) train-tokenizer TOKENIZER=soundstream
 	$(MAKE) train-tokenizer TOKENIZER=semantic
 	$(MAKE) train-tokenizer TOKENIZER=mulan
-	$(PY) -m musiclm.pipelines.fit_cli --dataset $(DATASET) --runs $(RUNS)/tokenizers --size $(SIZE) --out $(BUNDLE) $(ARGS)
+	$(PIPELINE) musiclm.pipelines.fit_cli --dataset $(DATASET) --runs $(RUNS)/tokenizers --size $(SIZE) --out $(BUNDLE) $(ARGS)
 
-tokenize: install  ## tokenize DATASET into webdataset shards at OUT with the bundle at BUNDLE
-	$(PY) -m musiclm.pipelines.tokenize_cli --dataset $(DATASET) --bundle $(BUNDLE) --out $(OUT) \
+tokenize: install  ## tokenize DATASET into webdataset shards at OUT with the bundle at BUNDLE (RUNNER=direct|portable)
+	$(PIPELINE) musiclm.pipelines.tokenize_cli --dataset $(DATASET) --bundle $(BUNDLE) --out $(OUT) \
 	  --config configs/pipelines/tokenize/$(SIZE).yaml $(ARGS)
 
 train-stage: install  ## train one stage on shards: STAGE=semantic|coarse|fine DATA=... SIZE=...

@@ -244,7 +244,7 @@ def fit_bundle(
         raise ValueError(
             f"no clip of {dataset} could be decoded ({len(failures)} failures), nothing to fit"
         )
-    features, embeddings = load_array(features_path), load_array(emb_path)
+    features, embeddings = sorted_rows(load_array(features_path)), sorted_rows(load_array(emb_path))
     log.info(
         "fitting %d semantic centroids on %d x %d features, MuLan RVQ %d x %d on %d embeddings",
         spec.semantic_vocab,
@@ -279,13 +279,25 @@ def fit_bundle(
     summary = {
         "fingerprint": fingerprint,
         "inputs": len(records),
-        "failed": len(failures),
+        "failed": len({row["source"] for row in failures}),
         "feature_rows": int(features.shape[0]),
         "embeddings": len(embeddings),
         "wall_seconds": round(time.monotonic() - started, 2),
     }
     log.info("bundle %s written to %s: %s", fingerprint, out, summary)
     return summary
+
+
+def sorted_rows(rows: np.ndarray) -> np.ndarray:
+    """The rows of ``rows`` [n, D] in byte order: the fit sees the same array whatever order
+    the runner delivered them in (DirectRunner, PortableRunner, any number of workers).
+
+    When the dataset's rows all fit in the reservoirs, the bundle is then identical on every
+    runner; beyond that, which rows a reservoir keeps depends on the arrival order too.
+    """
+    rows = np.ascontiguousarray(rows)
+    as_bytes = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    return rows[np.argsort(as_bytes, kind="stable")]
 
 
 def _remove_work(work: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -159,4 +160,35 @@ def mixed_dataset(tmp_path_factory: pytest.TempPathFactory, demo_music: Path, aw
     root = tmp_path_factory.mktemp("mixed")
     shutil.copytree(demo_music, root / "demo")
     shutil.copytree(awkward_dir, root / "awkward")
+    return root
+
+
+def catalogue_music(seconds: float, rate: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    base = rng.uniform(150, 400)
+    wave = sum(np.sin(2 * np.pi * base * k * t) * np.exp(-(t % 0.4) * 4) / k for k in (1, 2, 3))
+    return (0.2 * wave + rng.normal(0, 0.01, t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def catalogue(tmp_path_factory) -> Path:
+    """Clean files and what real collections hold besides (see tests/pipelines/test_catalogue.py):
+    an mp3 without a Xing header, WAVs cut at 99% and 50%, a clip of 1e37 samples."""
+    root = tmp_path_factory.mktemp("catalogue")
+    for i in range(5):
+        sf.write(root / f"good{i}.wav", catalogue_music(4.0, 24_000, i), 24_000)
+    sf.write(root / "poisoned.wav", 1e37 * catalogue_music(4.0, 24_000, 9), 24_000, subtype="FLOAT")
+    sf.write(root / "source.wav", catalogue_music(6.0, 22_050, 5), 22_050)
+    cbr_without_xing = ("-b:a", "64k", "-write_xing", "0")
+    source, mp3 = str(root / "source.wav"), str(root / "estimate.mp3")
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-i", source, *cbr_without_xing, mp3], check=True
+    )
+    (root / "source.wav").unlink()
+    sf.write(root / "whole.wav", catalogue_music(12.0, 24_000, 7), 24_000)
+    data = (root / "whole.wav").read_bytes()
+    (root / "cut99.wav").write_bytes(data[: int(len(data) * 0.99)])
+    (root / "cut50.wav").write_bytes(data[: len(data) // 2])
+    (root / "whole.wav").unlink()
     return root

@@ -1,56 +1,24 @@
 """Real catalogues through the tokenize pipeline: no playable track lost, one bad clip fails alone.
 
-A small folder holds what real collections hold besides clean files: an mp3 whose length
-is an estimate (no Xing header), a WAV cut at 99% (tokenized from what decodes) and one
-cut in half (a failure),
-and a clip that overflows the models (finite samples of 1e37: NaN model outputs) among
-good ones. The dataset is tokenized with model batches of 4 and of 1. (Vorbis with an
-over-long final granule is decoded in ``tests/tokenizers/test_audio.py``.)
+A small folder (the ``catalogue`` fixture) holds what real collections hold besides clean
+files: an mp3 whose length is an estimate (no Xing header), a WAV cut at 99% (tokenized
+from what decodes) and one cut in half (a failure), and a clip that overflows the models
+(finite samples of 1e37: NaN model outputs) among good ones. The dataset is tokenized
+with model batches of 4 and of 1. (Vorbis with an over-long final granule is decoded in
+``tests/tokenizers/test_audio.py``.)
 """
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import soundfile as sf
 from musiclm.pipelines.tokenize import TokenizeConfig, tokenize_dataset
 
 from .conftest import FAST_BEAM, THREADS
 
 SHORT_HEADERS = ("estimate.mp3", "cut99.wav")  # header > decoded, by < 1 s
-
-
-def _music(seconds: float, rate: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    base = rng.uniform(150, 400)
-    wave = sum(np.sin(2 * np.pi * base * k * t) * np.exp(-(t % 0.4) * 4) / k for k in (1, 2, 3))
-    return (0.2 * wave + rng.normal(0, 0.01, t.size)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def catalogue(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("catalogue")
-    for i in range(5):
-        sf.write(root / f"good{i}.wav", _music(4.0, 24_000, i), 24_000)
-    sf.write(root / "poisoned.wav", 1e37 * _music(4.0, 24_000, 9), 24_000, subtype="FLOAT")
-    sf.write(root / "source.wav", _music(6.0, 22_050, 5), 22_050)
-    cbr_without_xing = ("-b:a", "64k", "-write_xing", "0")
-    source, mp3 = str(root / "source.wav"), str(root / "estimate.mp3")
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-i", source, *cbr_without_xing, mp3], check=True
-    )
-    (root / "source.wav").unlink()
-    sf.write(root / "whole.wav", _music(12.0, 24_000, 7), 24_000)
-    data = (root / "whole.wav").read_bytes()
-    (root / "cut99.wav").write_bytes(data[: int(len(data) * 0.99)])
-    (root / "cut50.wav").write_bytes(data[: len(data) // 2])
-    (root / "whole.wav").unlink()
-    return root
 
 
 def _run(dataset: Path, bundle: Path, out: Path, batch: int) -> dict:

@@ -81,6 +81,7 @@ class StageModule(pl.LightningModule):
             budget's last step.
         cond_dropout: probability of replacing a sequence's MuLan prefix by null tokens.
         autocast_bf16: run forward passes in bf16 autocast when on a CUDA device.
+        activation_checkpointing: recompute each transformer block in backward (less memory).
         token_spec, bundle_fingerprint: filled in from the data (kept in checkpoints).
     """
 
@@ -103,6 +104,7 @@ class StageModule(pl.LightningModule):
         min_lr_ratio: float = 0.1,
         cond_dropout: float = 0.1,
         autocast_bf16: bool = True,
+        activation_checkpointing: bool = False,
         token_spec: dict[str, Any] | None = None,
         bundle_fingerprint: str | None = None,
     ) -> None:
@@ -127,6 +129,7 @@ class StageModule(pl.LightningModule):
             position=hp.position,
             num_buckets=hp.num_buckets,
             max_distance=hp.max_distance,
+            activation_checkpointing=hp.activation_checkpointing,
         )
 
     def _build(self, spec: TokenSpec, fingerprint: str | None) -> None:

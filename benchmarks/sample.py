@@ -1,6 +1,7 @@
 """Sampling speed: KV cache vs recomputation, and seconds of audio per wall-second per stage.
 
     python benchmarks/sample.py [--sizes small paper] [--paper-max-tokens 300] [--full-no-cache]
+    python benchmarks/sample.py --threads 2 --peer /tmp/peer    # with the peer's generate
 
 Prints one JSON object:
 
@@ -15,6 +16,13 @@ Prints one JSON object:
   conditioned stages, i.e. 2 rows). Paper width on CPU is measured over the first
   ``--paper-max-tokens`` tokens of the window (``tokens_measured`` says how many).
 
+- ``peer_size_coarse``: cached generation of ``--peer-tokens`` (default 2000: 10 s) coarse
+  tokens after a 10 s prompt, batch 1, no guidance, at the peer's size (d=512, 6 layers,
+  8 heads, ff 2048): ``dense`` (before) and ``blocked`` attention on the same weights and
+  seed (``same_tokens_as_dense``), and with ``--peer DIR`` audiolm-pytorch 2.4.0's
+  ``CoarseTransformerWrapper.generate`` with its KV cache on the same 250 semantic frames
+  (installed as ``benchmarks/peers/audiolm.py`` says; not a dependency).
+
 Models are untrained (speed does not depend on the weights); the token spec is the paper's.
 """
 
@@ -23,6 +31,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -33,6 +42,7 @@ from musiclm.sampling.generate import PAPER_TEMPERATURES, RowRandom, SamplingSet
 from musiclm.tokenizers.contract import TokenSpec
 from musiclm.training.layout import TokenLayout
 from musiclm.training.transformer import DecoderTransformer, TransformerConfig
+from peers import audiolm as peer
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_KEYS = ("dim", "depth", "heads", "ff_dim", "position", "num_buckets", "max_distance")
@@ -112,6 +122,40 @@ def kv_cache_benchmark(total: int, points: int, full_no_cache: bool) -> dict:
 
 
 @torch.inference_mode()
+def peer_size_benchmark(n: int, peer_path: str | None) -> dict:
+    """Cached generation of ``n`` coarse tokens after a 10 s prompt (MuLan + 250 semantic
+    frames), batch 1, no guidance, at the peer's size: dense (before) vs blocked attention on
+    the same weights and seed, and the peer's own ``generate`` when ``peer_path`` is given."""
+    spec = TokenSpec()
+    layout = TokenLayout(spec, "coarse")
+    frames = 250
+    prompt, _ = stage_prompt(layout, frames)
+    settings = SamplingSettings(temperature=PAPER_TEMPERATURES["coarse"])
+    rows, tokens = {}, {}
+    for attention in ("dense", "blocked"):
+        torch.manual_seed(0)
+        config = TransformerConfig(
+            vocab_size=layout.vocab_size, dropout=0.0, max_distance=256, attention=attention,
+            **peer.WIDTH,
+        )  # fmt: skip
+        model = DecoderTransformer(config).eval()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        tokens[attention] = generate(model, layout, prompt, n, settings, RowRandom([0]))
+        seconds = time.perf_counter() - start
+        rows[attention] = {
+            "prompt_tokens": prompt.shape[1],
+            "generated_tokens": n,
+            "seconds": round(seconds, 2),
+            "cpu_seconds": round(time.process_time() - cpu_start, 2),
+            "tokens_per_s": round(n / seconds, 1),
+        }
+    rows["blocked"]["same_tokens_as_dense"] = bool(torch.equal(tokens["dense"], tokens["blocked"]))
+    if peer_path:
+        rows["audiolm-pytorch"] = peer.time_generation(peer_path, peer.WIDTH, frames, n // 4)
+    return rows
+
+
+@torch.inference_mode()
 def stage_benchmark(stage: str, size: str, max_tokens: int | None) -> dict:
     spec = TokenSpec()
     model, layout, crop = build(stage, size, spec)
@@ -144,6 +188,8 @@ def main() -> None:
     parser.add_argument("--full-no-cache", action="store_true")
     parser.add_argument("--paper-max-tokens", type=int, default=300)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--peer-tokens", type=int, default=2000, help="0 skips the peer-size rows")
+    parser.add_argument("--peer", help="a directory holding audiolm-pytorch (peers/audiolm.py)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -152,14 +198,18 @@ def main() -> None:
         "device": "cpu",
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
+        "load_1min_at_start": round(os.getloadavg()[0], 2),
         "kv_cache": kv_cache_benchmark(args.sequence, args.points, args.full_no_cache),
         "stages": {},
     }
+    if args.peer_tokens:
+        report["peer_size_coarse"] = peer_size_benchmark(args.peer_tokens, args.peer)
     for size in args.sizes:
         limit = args.paper_max_tokens if size == "paper" else None
         report["stages"][size] = {
             stage: stage_benchmark(stage, size, limit) for stage in ("semantic", "coarse", "fine")
         }
+    report["load_1min_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(report, indent=2))
 
 

@@ -2,7 +2,7 @@
 
 One run (module fixture) serves every test: reconstruction warm-up, then a few GAN
 batches; it must log every loss and the codebook statistics, write validation media,
-export the EMA codec, leave checkpoints that load into the inference model with
+export the EMA codec with the codebooks fitted to the EMA encoder, leave checkpoints that load into the inference model with
 ``weights_only=True``, and leave a codec that codes held-out music better than the
 same architecture untrained.
 """
@@ -137,3 +137,24 @@ def test_training_codes_held_out_music_better_and_more_levels_help(run, demo_mus
     # held-out frames over many codes (a collapsed codebook uses a handful)
     frames = clips.shape[0] * codes.shape[-1]
     assert float(usage["trained"].min()) * 1024 > 0.2 * frames, usage["trained"]
+
+
+def test_exported_codec_pairs_the_ema_encoder_with_its_own_codebooks(run, demo_music):
+    """The EMA codec's RVQ is fitted to the EMA encoder's latents during training (not a
+    copy of the live codebooks, fitted to another encoder), and it quantizes that
+    encoder's latents of held-out music closely."""
+    exported = SoundStream.load(run / "model")
+    checkpoint = max(run.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    live = load_trained_codec(checkpoint, ema=False)
+    books = exported.quantizer.codebooks
+    torch.testing.assert_close(books, load_trained_codec(checkpoint).quantizer.codebooks)
+    assert (books - live.quantizer.codebooks).abs().amax() > 1e-3
+    files = sorted(
+        p for p in (demo_music / "heldout").rglob("*") if p.suffix in {".wav", ".flac", ".ogg"}
+    )
+    clips = torch.stack([load_audio(p, 24_000)[48_000:72_000] for p in files])[:, None]
+    with torch.inference_mode():
+        latent = exported.embed(clips)
+        codes = exported.quantizer.encode(latent)
+        error = (latent - exported.quantizer.decode(codes)).pow(2).sum() / latent.pow(2).sum()
+    assert float(error) < 0.05

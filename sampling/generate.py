@@ -15,7 +15,8 @@ Randomness is per row (:class:`RowRandom`: row ``i`` draws from its own generato
 batch gives exactly what the rows would give one at a time, and a seed reproduces output.
 Sampling is by the inverse CDF of one uniform per row and step. The uniforms of a call are
 drawn up front and moved to the model's device once; filtering, guidance and drawing run
-there, so a GPU is never synchronised per token (only the finished tokens come back).
+there, so a GPU is never synchronised per token (only the finished tokens come back). Each
+step projects the last hidden state onto its level's id range only, not the whole vocabulary.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from musiclm.training.layout import TokenLayout
 from musiclm.training.transformer import DecoderTransformer
 
@@ -131,11 +133,11 @@ def generate(
     ranges = [layout.target_range(layout.target_level(first_index + i)) for i in range(n_tokens)]
     uniforms = random.uniforms(n_tokens).to(device)  # one transfer for the whole call
     cache = model.new_cache(rows.shape[0], rows.shape[1] + n_tokens) if use_cache else None
-    logits = model(rows, cache=cache)[:, -1]
+    hidden = model.hidden(rows, cache=cache)[:, -1]
     out = torch.empty(batch, n_tokens, dtype=torch.long, device=device)
     sequence = rows
     for i, (lo, hi) in enumerate(ranges):  # filtering and drawing stay on the model's device
-        scores = logits[:, lo:hi].float()
+        scores = F.linear(hidden, model.head.weight[lo:hi]).float()  # this level's ids only
         if use_guidance:
             scores = guided(scores[:batch], scores[batch:], settings.guidance)
         token = sample_logits(scores, settings, uniforms[:, i]) + lo
@@ -146,10 +148,10 @@ def generate(
             break
         step = (torch.cat([token, token]) if use_guidance else token)[:, None]
         if use_cache:
-            logits = model(step, cache=cache)[:, -1]
-        else:  # recompute every position, project only the last one
+            hidden = model.hidden(step, cache=cache)[:, -1]
+        else:  # recompute every position
             sequence = torch.cat([sequence, step], dim=1)
-            logits = model.head(model.hidden(sequence)[:, -1])
+            hidden = model.hidden(sequence)[:, -1]
     return out.cpu()
 
 

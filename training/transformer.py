@@ -64,7 +64,7 @@ class TransformerConfig:
     max_distance: int = 128
     rotary_base: float = 10_000.0
     attention: str = "blocked"
-    attention_block: int = 256
+    attention_block: int = 128
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:

@@ -33,6 +33,7 @@ import functools
 import json
 import math
 import random
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -319,6 +320,12 @@ class StageData(pl.LightningDataModule):
         listed = manifest_shards(root)
         counts = [listed.get(Path(s).name, (None, 0))[1] for s in self.shards]
         held = heldout_shards([Path(s).name for s in self.shards], counts, val_fraction)
+        if val_fraction > 0 and not held:
+            warnings.warn(
+                f"{root} has one shard with clips, so no shard is held out for validation; "
+                "re-tokenize into more shards (--num_shards) for a validation split",
+                stacklevel=2,
+            )
         self.val_shards = [s for s in self.shards if Path(s).name in held]
         self.val_keys = shard_keys(root, [listed[name][0] for name in sorted(held)])
         kept = [i for i, s in enumerate(self.shards) if Path(s).name not in held]

@@ -134,3 +134,13 @@ def test_dataset_errors_name_the_input_and_the_fix(tmp_path, make_tokens):
     (root / "dataset.json").write_text(json.dumps(info))
     with pytest.raises(ShardDataError, match="token spec"):
         SemanticData(str(root))
+
+
+def test_a_single_shard_dataset_trains_on_it_and_warns_that_nothing_is_held_out(
+    tmp_path, make_tokens
+):
+    root = make_tokens(tmp_path / "one", sources=3, num_shards=1)
+    with pytest.warns(UserWarning, match="no shard is held out for validation"):
+        data = SemanticData(str(root), num_workers=0, val_fraction=0.1)
+    assert data.val_shards == [] and data.val_dataloader() == []
+    assert len(data.train_shards) == 1 and data.train_counts == [12]

@@ -8,21 +8,28 @@ Prints one JSON object with
   memory (the ceiling). ``ratio_pipeline_over_bare`` uses the pipeline on the
   in-memory DirectRunner (goal >= 0.85); the multi-processing runs also pay each worker
   process's start-up (imports, model loads), measured alone as ``worker_startup_s``.
-  Everything runs with the same torch thread count (``--threads``).
-- ``workers``: pipeline throughput with 1 and 2 DirectRunner worker processes.
-- ``memory``: peak memory of ``musiclm-tokenize`` (launcher + its worker process,
-  sampled every 50 ms; PSS and the plain RSS sum) tokenizing 10 files, 100 files and
-  one 1-hour file (goal: flat, under 2 GiB).
+  Everything runs with the same torch thread count (``--threads``). Each run also reports
+  audio seconds per CPU second (user + system time of this process and its children),
+  which a shared machine's load disturbs far less than wall time.
+- ``workers``: pipeline throughput with 1 and 2 DirectRunner worker processes (goal:
+  2 workers >= 1.7x one).
+- ``memory``: peak memory of ``musiclm-tokenize`` (what ``make tokenize`` runs: launcher
+  + its worker process, sampled every 50 ms; PSS and the plain RSS sum) tokenizing a
+  catalogue of 200 and of 2,000 short files (``--memory_files``, ``--memory_seconds``
+  each), and one 1-hour file (part ``long``) (goal: flat, under 2 GiB).
 
 Tokenizers: untrained SoundStream, semantic model and MuLan at the paper's token spec
 (12 x 1024 acoustic codes, 1024 semantic ids, MuLan 12 x 1024 / 128-d), sized by
-``--size`` (cost does not depend on the weights; centroids and codebooks are fitted
-by the fit pipeline on the benchmark audio). Audio: synthetic music-like signals (decaying
-partials + noise) written as 44.1 kHz stereo FLAC, so decoding, down-mixing and
-resampling are part of the pipeline's cost as with real catalogues.
+``--size``: ``tiny`` (the test models) or ``small`` (the networks of
+``configs/tokenizers/*/small.yaml``, as ``make demo`` trains them; MuLan's text tower is
+the tiny one, since tokenizing never calls it). Cost does not depend on the weights;
+centroids and codebooks are fitted by the fit pipeline on the benchmark audio. Audio:
+synthetic music-like signals (decaying partials + noise) written as 44.1 kHz stereo FLAC,
+so decoding, down-mixing and resampling are part of the pipeline's cost as with real
+catalogues.
 
-Usage: ``python benchmarks/tokenize_pipeline.py [--files 8] [--seconds 60] [--parts throughput,memory]
-[--quick]``.
+Usage: ``python benchmarks/tokenize_pipeline.py [--size small] [--files 8] [--seconds 60]
+[--parts throughput,memory,long] [--memory_files 200,2000] [--quick]``.
 Wall times depend on the machine's load; run it on a quiet machine.
 """
 
@@ -32,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,18 +50,23 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+import yaml
 from musiclm.pipelines.clips import ClipConfig, iter_clips
 from musiclm.pipelines.fit import FitConfig, fit_bundle
 from musiclm.pipelines.sources import read_sources
 from musiclm.pipelines.tokenize import TokenizeConfig, tokenize_dataset
 from musiclm.tokenizers.bundle import load_bundle
 from musiclm.tokenizers.contract import TokenSpec
-from musiclm.tokenizers.mulan import MuLanTokenizer
+from musiclm.tokenizers.mulan import TINY_TEXT, MuLanTokenizer
+from musiclm.tokenizers.mulan_audio import AudioTowerConfig
+from musiclm.tokenizers.mulan_text import TextTowerConfig
 from musiclm.tokenizers.semantic import SemanticTokenizer
 from musiclm.tokenizers.semantic_model import SemanticFeatureModel, SemanticModelConfig
 from musiclm.tokenizers.soundstream import SoundStream
 
 CLIP_SECONDS = 10.0
+MIN_SECONDS = 1.0
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "tokenizers"
 
 
 def write_music(path: Path, seconds: float, rate: int = 44_100, seed: int = 0) -> None:
@@ -84,44 +97,77 @@ def components(root: Path, spec: TokenSpec, size: str, captions: list[str]) -> d
         semantic = SemanticTokenizer.tiny(spec)
         mulan = MuLanTokenizer.tiny(captions, spec)
     else:
-        codec = SoundStream(channels=16, dim=64, num_levels=spec.acoustic_levels)
-        model = SemanticFeatureModel(SemanticModelConfig(dim=128, num_layers=4, ffn_dim=512))
+
+        def model_config(name: str) -> dict:
+            return yaml.safe_load((CONFIGS / name / f"{size}.yaml").read_text())["model"]
+
+        codec = SoundStream.from_config(model_config("soundstream")["codec"])
+        model = SemanticFeatureModel(SemanticModelConfig(**model_config("semantic")["model"]))
         semantic = SemanticTokenizer(model.eval(), spec)
-        mulan = MuLanTokenizer.tiny(captions, spec)
+        audio = {**model_config("mulan")["audio"], "sample_rate": spec.sample_rate}
+        mulan = MuLanTokenizer.build(
+            AudioTowerConfig(**{**audio, "dim": spec.mulan_dim}),
+            TextTowerConfig(**{**TINY_TEXT.to_dict(), "dim": spec.mulan_dim}),
+            spec,
+            captions,
+        )
     dirs = {"codec": codec, "semantic": semantic, "mulan": mulan}
     for name, model in dirs.items():
         model.save(root / name)
     return {name: str(root / name) for name in dirs}
 
 
-def bare_throughput(bundle_dir: Path, dataset: Path, batch: int) -> float:
-    """Audio seconds per wall second of the three tokenizers called directly on the clips."""
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its reaped children."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def rates(audio_seconds: float, wall_start: float, cpu_start: float) -> dict[str, float]:
+    """Audio seconds per wall second and per CPU second since the given starts."""
+    wall, cpu = time.perf_counter() - wall_start, cpu_seconds() - cpu_start
+    return {
+        "audio_s_per_wall_s": round(audio_seconds / wall, 2),
+        "audio_s_per_cpu_s": round(audio_seconds / cpu, 2),
+        "wall_s": round(wall, 1),
+    }
+
+
+def bare_throughput(bundle_dir: Path, dataset: Path, batch: int) -> dict[str, float]:
+    """Rates of the three tokenizers called directly on the clips (decoded beforehand)."""
     bundle = load_bundle(bundle_dir)
-    config = ClipConfig(seconds=CLIP_SECONDS)
+    config = ClipConfig(seconds=CLIP_SECONDS, min_seconds=MIN_SECONDS)
     clips = [c.wav for r in read_sources(dataset) for c in iter_clips(r, bundle.spec, config)]
     by_length: dict[int, list[np.ndarray]] = {}
     for wav in clips:
         by_length.setdefault(len(wav), []).append(wav)
     seconds = sum(len(w) for w in clips) / bundle.spec.sample_rate
-    start = time.perf_counter()
+
+    def tokenize(wav: torch.Tensor) -> None:
+        bundle.semantic.encode(wav)
+        bundle.codec.encode(wav[:, None])
+        bundle.mulan.quantize(bundle.mulan.audio_embedding(wav))
+
     with torch.inference_mode():
+        tokenize(torch.from_numpy(np.stack(clips[:batch])))  # first-call set-up, untimed
+        start, cpu = time.perf_counter(), cpu_seconds()
         for group in by_length.values():
             for i in range(0, len(group), batch):
-                wav = torch.from_numpy(np.stack(group[i : i + batch]))
-                bundle.semantic.encode(wav)
-                bundle.codec.encode(wav[:, None])
-                bundle.mulan.quantize(bundle.mulan.audio_embedding(wav))
-    return seconds / (time.perf_counter() - start)
+                tokenize(torch.from_numpy(np.stack(group[i : i + batch])))
+    return rates(seconds, start, cpu)
 
 
-def pipeline_run(dataset: Path, bundle: Path, out: Path, workers: int, threads: int, batch: int):
-    """Audio seconds per wall second of the tokenize pipeline.
+def pipeline_run(
+    dataset: Path, bundle: Path, out: Path, workers: int, threads: int, batch: int
+) -> dict[str, float]:
+    """Rates of the tokenize pipeline (audio seconds per wall and per CPU second).
 
     ``workers=0``: DirectRunner in-memory (this process); else multi-processing with
     ``workers`` worker processes (their start-up, imports and model loads included).
     """
     config = TokenizeConfig(
         clip_seconds=CLIP_SECONDS,
+        min_seconds=MIN_SECONDS,
         num_shards=8,
         expected_workers=1,
         semantic_batch_size=batch,
@@ -131,14 +177,14 @@ def pipeline_run(dataset: Path, bundle: Path, out: Path, workers: int, threads: 
         overwrite=True,
         progress_seconds=1e9,
     )
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     runner = (
         ["--direct_running_mode=in_memory"]
         if workers == 0
         else ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
     )
     summary = tokenize_dataset(str(dataset), str(bundle), str(out), config, runner)
-    return summary["counts"]["audio_seconds"] / (time.perf_counter() - start)
+    return rates(summary["counts"]["audio_seconds"], start, cpu)
 
 
 def tree_memory(pid: int) -> tuple[int, int]:
@@ -174,7 +220,7 @@ def tree_memory(pid: int) -> tuple[int, int]:
 
 
 def peak_memory(dataset: Path, bundle: Path, out: Path, workers: int) -> dict[str, float]:
-    """Peak memory (GiB) of a ``musiclm-tokenize`` process tree, and its wall time."""
+    """Peak memory (GiB) of a ``musiclm-tokenize`` process tree, its wall time and counts."""
     command = [
         sys.executable,
         "-m",
@@ -187,6 +233,8 @@ def peak_memory(dataset: Path, bundle: Path, out: Path, workers: int) -> dict[st
         str(out),
         "--clip_seconds",
         str(CLIP_SECONDS),
+        "--min_seconds",
+        str(MIN_SECONDS),
         "--num_shards",
         "8",
         "--expected_workers",
@@ -218,10 +266,15 @@ def peak_memory(dataset: Path, bundle: Path, out: Path, workers: int) -> dict[st
             log.seek(0)
             tail = log.read().decode(errors="replace")[-1500:]
             return {"error": f"exit code {code}", "stderr_tail": tail}
+    counts = json.loads((out / "dataset.json").read_text())["counts"]
     return {
         "peak_pss_gib": round(peak_pss / 2**30, 3),
         "peak_rss_sum_gib": round(peak_rss / 2**30, 3),
         "wall_s": round(time.perf_counter() - start, 1),
+        "inputs": counts["inputs"],
+        "failed": counts["failed"],
+        "clips": counts["clips"],
+        "audio_hours": round(counts["audio_seconds"] / 3600, 3),
     }
 
 
@@ -232,12 +285,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per model call")
     parser.add_argument("--size", choices=("tiny", "small"), default="tiny")
-    parser.add_argument("--parts", default="throughput,memory", help="which measurements")
+    parser.add_argument("--parts", default="throughput,memory,long", help="which measurements")
+    parser.add_argument("--memory_files", default="200,2000", help="catalogue sizes (files)")
+    parser.add_argument("--memory_seconds", type=float, default=4.0, help="length of each")
     parser.add_argument("--quick", action="store_true", help="fewer/shorter files, no 1-hour file")
     args = parser.parse_args()
-    if args.quick:
-        args.files, args.seconds = 4, 30.0
     parts = set(args.parts.split(","))
+    if args.quick:
+        args.files, args.seconds, args.memory_files = 4, 30.0, "10,100"
+        parts.discard("long")
     cores = os.cpu_count() or 1
     spec = TokenSpec()
     result: dict = {
@@ -277,35 +333,43 @@ def main() -> None:
             two = pipeline_run(data, bundle, root / "o2", 2, args.threads, args.batch)
             startup = root / "startup"
             write_music(make_dataset(startup, 0, 0) / "short.flac", CLIP_SECONDS)
-            begin = time.perf_counter()
-            pipeline_run(startup, bundle, root / "o3", 1, args.threads, args.batch)
+            startup_run = pipeline_run(startup, bundle, root / "o3", 1, args.threads, args.batch)
+            wall, cpu = "audio_s_per_wall_s", "audio_s_per_cpu_s"
             result["throughput"] = {
-                "unit": "audio seconds per wall second",
-                "bare_batched_calls": round(bare, 2),
-                "pipeline_in_process": round(inproc, 2),
-                "ratio_pipeline_over_bare": round(inproc / bare, 3),
+                "bare_batched_calls": bare,
+                "pipeline_in_process": inproc,
+                "ratio_pipeline_over_bare": round(inproc[wall] / bare[wall], 3),
+                "ratio_pipeline_over_bare_cpu": round(inproc[cpu] / bare[cpu], 3),
                 "goal_ratio": 0.85,
-                "pipeline_1_worker_process": round(one, 2),
-                "ratio_1_worker_process_over_bare": round(one / bare, 3),
-                "worker_startup_s": round(time.perf_counter() - begin, 1),
+                "pipeline_1_worker_process": one,
+                "ratio_1_worker_process_over_bare": round(one[wall] / bare[wall], 3),
+                "worker_startup_s": startup_run["wall_s"],
             }
             result["workers"] = {
-                "pipeline_1_worker": round(one, 2),
-                "pipeline_2_workers": round(two, 2),
-                "speedup": round(two / one, 3),
+                "pipeline_1_worker": one,
+                "pipeline_2_workers": two,
+                "speedup": round(two[wall] / one[wall], 3),
+                "cpu_efficiency_2_over_1": round(two[cpu] / one[cpu], 3),
+                "goal_speedup": 1.7,
             }
         if "memory" in parts:
             memory: dict = {}
-            for count in (10, 100):
-                files = make_dataset(root / f"mem{count}", count, 10.0)
-                memory[f"{count}_files_of_10s"] = peak_memory(files, bundle, root / "mem", 1)
-            if not args.quick:
-                hour = root / "hour"
-                hour.mkdir()
-                write_music(hour / "one_hour.flac", 3600.0)
-                memory["one_file_of_1h"] = peak_memory(hour, bundle, root / "mem", 1)
+            seconds = args.memory_seconds
+            for count in map(int, args.memory_files.split(",")):
+                files = make_dataset(root / f"mem{count}", count, seconds)
+                name = f"{count}_files_of_{seconds:g}s"
+                memory[name] = peak_memory(files, bundle, root / "mem", 1)
+                shutil.rmtree(files)
             memory["goal"] = "flat across sizes, < 2 GiB"
             result["memory"] = memory
+        if "long" in parts:
+            hour = root / "hour"
+            hour.mkdir()
+            write_music(hour / "one_hour.flac", 3600.0)
+            result.setdefault("memory", {})["one_file_of_1h"] = peak_memory(
+                hour, bundle, root / "mem", 1
+            )
+    result["machine"]["load_average_1min_end"] = round(os.getloadavg()[0], 1)
     print(json.dumps(result, indent=2))
 
 

@@ -49,7 +49,6 @@ from musiclm.tokenizers.contract import (
     SHARD_DIR,
     TokenSpec,
     decode_sample,
-    shard_index,
     shard_name,
 )
 from musiclm.training.layout import TokenLayout
@@ -58,11 +57,11 @@ from musiclm.training.shard_order import (
     ReaderStream,
     assign_shards,
     batches_read,
+    heldout_shards,
 )
 
 FINGERPRINT_KEYS = ("fingerprint", "bundle_fingerprint", "bundle")
 SPEC_KEYS = ("spec", "token_spec")
-VAL_HASH_BUCKETS = 1_000_000
 
 
 class ShardDataError(ValueError):
@@ -116,21 +115,6 @@ def manifest_shards(root: str | Path) -> dict[str, tuple[Any, int]]:
     column = pq.read_table(_manifest(root), columns=["shard"]).column("shard").to_numpy()
     values, counts = np.unique(column, return_counts=True)
     return {_shard_file(v): (v.item(), int(c)) for v, c in zip(values, counts, strict=True)}
-
-
-def heldout_shards(names: list[str], counts: list[int], fraction: float) -> set[str]:
-    """The shard file names held out for validation: ``round(fraction x n)`` of the ``n``
-    non-empty shards (at least 1 and at most ``n - 1`` when ``n >= 2``, all of them at
-    ``fraction >= 1``), those of lowest stable hash of their name."""
-    nonempty = sorted(name for name, count in zip(names, counts, strict=True) if count > 0)
-    if fraction <= 0 or not nonempty:
-        return set()
-    if fraction >= 1:
-        return set(nonempty)
-    if len(nonempty) < 2:
-        return set()
-    take = min(len(nonempty) - 1, max(1, round(fraction * len(nonempty))))
-    return set(sorted(nonempty, key=lambda n: shard_index(n, VAL_HASH_BUCKETS))[:take])
 
 
 def shard_keys(root: str | Path, values: list[Any]) -> set[str]:

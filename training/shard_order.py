@@ -1,5 +1,8 @@
 """Which clips each stage-training data reader reads, epoch after epoch and across resumes.
 
+Held-out shards (:func:`heldout_shards`): whole shards, chosen by a stable hash of their
+name, so a validation pass reads the held-out share of the data and no more.
+
 A *reader* is one DataLoader worker of one DDP rank (``readers = world size x workers``).
 Each reader owns a fixed set of training shards (:func:`assign_shards`, balanced by clip
 count), so readers never read the same shard. A reader's stream of clips is endless and
@@ -27,6 +30,24 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
+from musiclm.tokenizers.contract import shard_index
+
+HASH_BUCKETS = 1_000_000
+
+
+def heldout_shards(names: list[str], counts: list[int], fraction: float) -> set[str]:
+    """The shard file names held out for validation: ``round(fraction x n)`` of the ``n``
+    non-empty shards (at least 1 and at most ``n - 1`` when ``n >= 2``, all of them at
+    ``fraction >= 1``), those of lowest stable hash of their name."""
+    nonempty = sorted(name for name, count in zip(names, counts, strict=True) if count > 0)
+    if fraction <= 0 or not nonempty:
+        return set()
+    if fraction >= 1:
+        return set(nonempty)
+    if len(nonempty) < 2:
+        return set()
+    take = min(len(nonempty) - 1, max(1, round(fraction * len(nonempty))))
+    return set(sorted(nonempty, key=lambda n: shard_index(n, HASH_BUCKETS))[:take])
 
 
 def assign_shards(counts: Sequence[int], readers: int) -> list[list[int]]:

@@ -3,7 +3,9 @@
 Default runner: the DirectRunner in ``multi_processing`` mode with
 ``direct_num_workers`` worker processes. Any Beam option passes through unchanged
 (``--runner DataflowRunner --project ... --region ... --temp_location gs://...``,
-``--runner FlinkRunner --flink_master host:8081 --environment_type LOOPBACK``, ...).
+``--runner FlinkRunner --flink_master host:8081 --environment_type LOOPBACK``, ...);
+:mod:`musiclm.pipelines.portable` runs them on ``PortableRunner`` against Beam's own job
+service and an SDK worker pool on this machine (``make tokenize RUNNER=portable``).
 """
 
 from __future__ import annotations

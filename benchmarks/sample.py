@@ -197,6 +197,7 @@ def main() -> None:
     report = {
         "device": "cpu",
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (active)"),
         "machine": platform.processor() or platform.machine(),
         "load_1min_at_start": round(os.getloadavg()[0], 2),
         "kv_cache": kv_cache_benchmark(args.sequence, args.points, args.full_no_cache),

@@ -11,8 +11,9 @@ error on the encoder's own latents (``||z - q(z)||^2 / ||z||^2``):
 - ``ema_with_live_codebooks``: the EMA encoder and decoder with the live codebooks (what
   the trainer exported before its EMA codebooks followed the EMA encoder).
 
-Usage: ``python benchmarks/codec_export.py CHECKPOINT [--heldout data/demo/heldout]
-[--clip-seconds 5] [--clips 12]``. Prints JSON.
+Usage: ``python benchmarks/codec_export.py [CHECKPOINT] [--heldout data/demo/heldout]
+[--clip-seconds 5] [--clips 12]``; without CHECKPOINT, the newest checkpoint of the run that
+``make tokenizers`` and ``make demo`` leave (``runs/tokenizers/soundstream``). Prints JSON.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 from musiclm.tokenizers.soundstream import SoundStream
+from musiclm.training.checkpoints import newest_checkpoint
 from musiclm.training.soundstream_trainer import load_trained_codec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,11 +56,19 @@ def rvq_error(codec: SoundStream, clips: torch.Tensor) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("checkpoint", type=Path, nargs="?")
     parser.add_argument("--heldout", type=Path, default=ROOT / "data" / "demo" / "heldout")
     parser.add_argument("--clip-seconds", type=float, default=5.0)
     parser.add_argument("--clips", type=int, default=12)
     args = parser.parse_args()
+    run = ROOT / "runs" / "tokenizers" / "soundstream"
+    args.checkpoint = args.checkpoint or newest_checkpoint(run)
+    if args.checkpoint is None:
+        parser.exit(
+            2,
+            f"codec_export: no SoundStream checkpoint under {run}; train one with "
+            "`make train-tokenizer TOKENIZER=soundstream` or pass its .ckpt path\n",
+        )
     torch.set_num_threads(1)
     bench = _codec_benchmark()
     live = load_trained_codec(args.checkpoint, ema=False)

@@ -43,14 +43,17 @@ from pathlib import Path
 
 TOKENIZERS = ("soundstream", "semantic", "mulan")
 STAGES = ("semantic", "coarse", "fine")
-# Wall-clock minutes per training step at --time-scale 1 (the 2-core, ~20-minute demo).
+# Wall-clock minutes per training step at --time-scale 1 (2 idle cores, ~30-minute demo).
+# Each run's LR schedule ends with its budget (musiclm.training.schedule), so a longer
+# --time-scale trains longer at the same schedule shape. The stages are narrow (d=128) so
+# that these minutes are hundreds of optimizer steps.
 BUDGET_MINUTES = {
     "soundstream": 3.0,
     "semantic": 1.5,
     "mulan": 1.5,
-    "stage-semantic": 1.5,
-    "stage-coarse": 2.0,
-    "stage-fine": 1.5,
+    "stage-semantic": 2.0,
+    "stage-coarse": 3.0,
+    "stage-fine": 2.5,
 }
 DONE_MARK = "demo-done"
 PROMPTS = 6  # held-out captions sampled, one per source where possible

@@ -36,7 +36,8 @@ def test_steps_cover_the_pipeline_with_budgets_and_resume(tmp_path):
     assert coarse[:3] == [sys.executable, "-m", "musiclm.training.cli"]
     assert coarse[coarse.index("--config") + 1] == "configs/stages/coarse/small.yaml"
     # budget x time_scale 2
-    assert coarse[coarse.index("--trainer.max_time") + 1] == demo.max_time(4.0)
+    budget = demo.BUDGET_MINUTES["stage-coarse"] * 2.0
+    assert coarse[coarse.index("--trainer.max_time") + 1] == demo.max_time(budget)
     assert coarse[coarse.index("--ckpt_path") + 1] == "last"  # a rerun resumes
     # each stage is scored on the held-out tokens against the training split's unigram model
     scored = steps[names.index("evaluate stage coarse")]

@@ -32,7 +32,7 @@ from musiclm.sampling.generate import PAPER_TEMPERATURES, SamplingSettings
 from musiclm.sampling.sampler import Generation, Sampler, SamplerError, find_checkpoint
 from musiclm.tokenizers.audio import AudioError, load_audio
 from musiclm.tokenizers.bundle import BundleError
-from musiclm.training.layout import STAGES
+from musiclm.training.stage_registry import STAGES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,8 @@ from musiclm.sampling.generate import (
 )
 from musiclm.tokenizers.bundle import TokenizerBundle, load_bundle
 from musiclm.training.checkpoints import newest_checkpoint
-from musiclm.training.layout import STAGES, TokenLayout
+from musiclm.training.layout import TokenLayout
+from musiclm.training.stage_registry import STAGES
 from musiclm.training.stages import StageCheckpointError, load_stage
 from musiclm.training.transformer import DecoderTransformer
 from tqdm.auto import tqdm

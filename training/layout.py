@@ -1,42 +1,50 @@
-"""The token layout of the three stages: one vocabulary, prefixes, flattening, parsing.
+"""The token layout of a stage: one vocabulary, prefixes, flattening, parsing.
 
 This is the only module that knows how tokens of different kinds share one sequence.
 The stage trainers use it to turn crops into training sequences, and the sampler uses it
 to build prompts and to turn generated tokens back into semantic ids / RVQ codes. Every
-size comes from a :class:`~musiclm.tokenizers.contract.TokenSpec`.
+size comes from a :class:`~musiclm.tokenizers.contract.TokenSpec`, and everything about a
+stage from its declaration in :mod:`musiclm.training.stage_registry` (its conditioning
+segments and its target segment): nothing here depends on a stage's name.
 
-Vocabulary of a stage (ids in this order; segments a stage does not use are empty)::
+Vocabulary of a stage (ids in this order; a stream the stage does not use is empty)::
 
     0 PAD   1 START   2 SEP
-    null_0 .. null_{L-1}                     condition dropout: replaces the MuLan prefix
-    mulan level l, code c:   mulan_offset + l * mulan_codebook_size + c        (l < L)
-    semantic id s:           semantic_offset + s
+    null ids: one per level of each droppable conditioning segment (MuLan: L of them)
+    then, per stream in registry order (mulan, semantic, acoustic), levels 0 .. the
+    highest level any of the stage's segments uses, ``codebook_size`` ids each:
+    mulan level l, code c:    mulan_offset + l * mulan_codebook_size + c
+    semantic id s:            semantic_offset + s
     acoustic level q, code c: acoustic_offset + q * acoustic_codebook_size + c (q 0-based)
 
-Sequences (``L`` MuLan levels, ``T_s`` semantic frames, ``T_a = 2 T_s`` acoustic frames,
-``Qc`` coarse and ``Qf`` fine levels; RVQ levels flattened time-major, t0q1 t0q2 ... t1q1)::
+Sequences: ``START``, the conditioning segments separated by ``SEP``, ``SEP``, the target
+segment. A stream with a level axis and a time axis is flattened time-major (t0q1 t0q2
+... t1q1). With ``L`` MuLan levels, ``T_s`` semantic frames, ``T_a = 2 T_s`` acoustic
+frames, ``Qc`` coarse and ``Qf`` fine levels, the paper's stages are::
 
     semantic: START  mulan[L]  SEP  semantic[T_s]
     coarse:   START  mulan[L]  SEP  semantic[T_s]  SEP  acoustic[:Qc] flat [T_a * Qc]
     fine:     START  acoustic[:Qc] flat [T_a * Qc]  SEP  acoustic[Qc:] flat [T_a * Qf]
 
 The part up to and including the last SEP is the prefix (conditioning, no loss); the rest
-are targets. Each target position has a *level* (0-based within the stage: ``0`` for the
-semantic stage, ``q - 1`` for coarse RVQ level ``q``, ``q - 1 - Qc`` for fine level ``q``) and
-its token lies in that level's id range (:meth:`TokenLayout.target_range`), so the loss
-and the sampler score only that range. Batches are right-padded with PAD (level -1).
+are targets. Each target position has a *level* (0-based within the target segment: ``0``
+for the semantic stage, ``q - 1`` for coarse RVQ level ``q``, ``q - 1 - Qc`` for fine level
+``q``) and its token lies in that level's id range (:meth:`TokenLayout.target_range`), so
+the loss and the sampler score only that range. Batches are right-padded with PAD (level
+-1).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from musiclm.tokenizers.contract import TokenSpec
+from musiclm.training.stage_registry import STREAMS, Segment, Stage, get_stage
 
-STAGES = ("semantic", "coarse", "fine")
 PAD, START, SEP = 0, 1, 2
 NUM_SPECIALS = 3
 IGNORE_LEVEL = -1
@@ -50,192 +58,264 @@ class TokenLayout:
     stage: str
 
     def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        get_stage(self.stage)
+
+    @property
+    def declaration(self) -> Stage:
+        """The stage's entry in the registry (its segments)."""
+        return get_stage(self.stage)
+
+    @property
+    def target(self) -> Segment:
+        return self.declaration.target
 
     # ----- vocabulary ---------------------------------------------------------------------
     @property
     def uses_mulan(self) -> bool:
-        """Whether the stage is conditioned on MuLan tokens (semantic and coarse)."""
-        return self.stage != "fine"
+        """Whether the stage has droppable conditioning (the MuLan tokens), which condition
+        dropout and guidance replace by null tokens."""
+        return self.declaration.guided
 
-    @property
-    def acoustic_levels_used(self) -> int:
-        """RVQ levels present in the stage's vocabulary (0, Qc or Q)."""
-        return {"semantic": 0, "coarse": self.spec.coarse_levels}.get(
-            self.stage, self.spec.acoustic_levels
-        )
+    @functools.cached_property
+    def _blocks(self) -> dict[str, int]:
+        """``{"null": first null id, <stream>: first id of the stream's level 0}``, plus
+        ``"end"`` (the vocabulary size); ``"null:<segment>"`` for each droppable segment."""
+        stage, blocks, offset = self.declaration, {}, NUM_SPECIALS
+        blocks["null"] = offset
+        for segment in stage.conditioning:
+            if segment.source.droppable:
+                blocks[f"null:{segment.name}"] = offset
+                offset += segment.num_levels(self.spec)
+        segments = (*stage.conditioning, stage.target)
+        for name, stream in STREAMS.items():
+            blocks[name] = offset
+            used = [s.level_range(self.spec)[1] for s in segments if s.stream == name]
+            offset += max(used, default=0) * stream.codebook_size(self.spec)
+        blocks["end"] = offset
+        return blocks
+
+    def offset(self, stream: str) -> int:
+        """First id of level 0 of ``stream`` (a name in the registry's ``STREAMS``)."""
+        return self._blocks[stream]
 
     @property
     def null_offset(self) -> int:
-        return NUM_SPECIALS
+        return self._blocks["null"]
 
     @property
     def mulan_offset(self) -> int:
-        return self.null_offset + (self.spec.mulan_levels if self.uses_mulan else 0)
+        return self.offset("mulan")
 
     @property
     def semantic_offset(self) -> int:
-        mulan = self.spec.mulan_levels * self.spec.mulan_codebook_size if self.uses_mulan else 0
-        return self.mulan_offset + mulan
+        return self.offset("semantic")
 
     @property
     def acoustic_offset(self) -> int:
-        return self.semantic_offset + (self.spec.semantic_vocab if self.uses_mulan else 0)
+        return self.offset("acoustic")
 
     @property
     def vocab_size(self) -> int:
-        return self.acoustic_offset + self.acoustic_levels_used * self.spec.acoustic_codebook_size
+        return self._blocks["end"]
 
     # ----- target levels ------------------------------------------------------------------
     @property
     def first_target_level(self) -> int:
-        """RVQ level (0-based) of target level 0 for the acoustic stages; 0 for semantic."""
-        return self.spec.coarse_levels if self.stage == "fine" else 0
+        """Level (0-based in its stream) of target level 0: 0, or ``Qc`` for the fine stage."""
+        return self.target.level_range(self.spec)[0]
 
     @property
     def num_target_levels(self) -> int:
         """Target levels per frame: 1 (semantic), Qc (coarse) or Qf (fine)."""
-        return {"semantic": 1, "coarse": self.spec.coarse_levels}.get(
-            self.stage, self.spec.fine_levels
-        )
+        return self.target.num_levels(self.spec)
+
+    @property
+    def target_frames_per_semantic(self) -> int:
+        """Target frames per semantic frame: 1 (semantic) or the acoustic ratio (2)."""
+        return self.target.source.frames_per_semantic(self.spec)
 
     @property
     def level_names(self) -> list[str]:
-        """Names for logs: ``["semantic"]`` or RVQ levels 1-based (``q1``..``q4``, ``q5``..)."""
-        if self.stage == "semantic":
-            return ["semantic"]
-        return [f"q{self.first_target_level + i + 1}" for i in range(self.num_target_levels)]
+        """Names for logs: ``["semantic"]`` or levels 1-based (``q1``..``q4``, ``q5``..)."""
+        source = self.target.source
+        if source.levels(self.spec) == 1:
+            return [source.name]
+        first = self.first_target_level
+        return [f"{source.level_prefix}{first + i + 1}" for i in range(self.num_target_levels)]
 
     def target_range(self, level: int) -> tuple[int, int]:
         """Vocabulary ids ``[start, stop)`` of target level ``level`` (0-based in the stage)."""
         if not 0 <= level < self.num_target_levels:
             raise ValueError(f"level must be in [0, {self.num_target_levels}), got {level}")
-        if self.stage == "semantic":
-            return self.semantic_offset, self.semantic_offset + self.spec.semantic_vocab
-        size = self.spec.acoustic_codebook_size
-        start = self.acoustic_offset + (self.first_target_level + level) * size
+        size = self.target.source.codebook_size(self.spec)
+        start = self.offset(self.target.stream) + (self.first_target_level + level) * size
         return start, start + size
 
     def target_level(self, index: int | torch.Tensor) -> int | torch.Tensor:
         """Level of the ``index``-th target token (0-based from the first target)."""
         return index % self.num_target_levels
 
+    # ----- lengths ------------------------------------------------------------------------
+    def segment_length(self, segment: Segment, semantic_frames: int) -> int:
+        """Tokens of ``segment`` in a crop of ``semantic_frames`` semantic frames."""
+        per_semantic = segment.source.frames_per_semantic(self.spec)
+        frames = 1 if per_semantic == 0 else semantic_frames * per_semantic
+        return frames * segment.num_levels(self.spec)
+
     def target_frames_to_tokens(self, semantic_frames: int) -> int:
         """Target tokens for a crop of ``semantic_frames`` semantic frames."""
-        if self.stage == "semantic":
-            return semantic_frames
-        return semantic_frames * self.spec.acoustic_per_semantic * self.num_target_levels
+        return self.segment_length(self.target, semantic_frames)
 
     def prefix_length(self, semantic_frames: int) -> int:
         """Prefix tokens (START .. last SEP) for a crop of ``semantic_frames`` frames."""
-        if self.stage == "semantic":
-            return self.spec.mulan_levels + 2
-        if self.stage == "coarse":
-            return self.spec.mulan_levels + semantic_frames + 3
-        acoustic = semantic_frames * self.spec.acoustic_per_semantic
-        return acoustic * self.spec.coarse_levels + 2
+        conditioning = self.declaration.conditioning
+        return (
+            1
+            + len(conditioning)
+            + sum(self.segment_length(s, semantic_frames) for s in conditioning)
+        )
 
     def sequence_length(self, semantic_frames: int) -> int:
         """Whole sequence length (prefix + targets) for ``semantic_frames`` frames."""
         return self.prefix_length(semantic_frames) + self.target_frames_to_tokens(semantic_frames)
 
+    def semantic_frames_of(self, sequence_length: int) -> int:
+        """The semantic frames of a whole (unpadded) sequence of ``sequence_length`` tokens."""
+        fixed = self.sequence_length(0)
+        per_frame = self.sequence_length(1) - fixed
+        frames, rest = divmod(sequence_length - fixed, per_frame)
+        if rest or frames < 0:
+            raise ValueError(
+                f"{sequence_length} tokens are not a whole {self.stage} stage sequence"
+            )
+        return frames
+
+    def segment_positions(self, name: str, semantic_frames: int) -> slice:
+        """Positions of the conditioning segment ``name`` in a sequence of a crop of
+        ``semantic_frames`` frames."""
+        start = 1
+        for segment in self.declaration.conditioning:
+            stop = start + self.segment_length(segment, semantic_frames)
+            if segment.name == name:
+                return slice(start, stop)
+            start = stop + 1  # the SEP after it
+        raise ValueError(f"the {self.stage} stage has no {name} conditioning")
+
     @property
     def conditioning_positions(self) -> slice:
-        """Positions of the MuLan tokens in every sequence (empty for the fine stage)."""
-        return slice(1, 1 + self.spec.mulan_levels) if self.uses_mulan else slice(1, 1)
+        """Positions of the droppable conditioning (the MuLan tokens) in every sequence
+        (empty for the fine stage). A stage has at most one droppable segment, without a
+        time axis, so it sits at the same positions whatever the crop."""
+        droppable = [s for s in self.declaration.conditioning if s.source.droppable]
+        if not droppable:
+            return slice(1, 1)
+        if len(droppable) > 1 or not droppable[0].source.per_clip(self.spec):
+            raise ValueError(
+                f"the {self.stage} stage declares {len(droppable)} droppable segments; the "
+                "layout supports one without a time axis"
+            )
+        return self.segment_positions(droppable[0].name, 0)
 
     # ----- token ids from streams ---------------------------------------------------------
+    def segment_tokens(self, segment: Segment, values: torch.Tensor) -> torch.Tensor:
+        """Codes of ``segment`` -> vocabulary ids ``[B, n]``, flattened time-major.
+
+        ``values``: ``[B, levels]`` (no time axis, e.g. MuLan ``[B, L]``), ``[B, T]`` (one
+        level, e.g. semantic ids) or ``[B, levels, T]`` (e.g. RVQ codes of the segment's
+        levels).
+        """
+        source, spec = segment.source, self.spec
+        first, _ = segment.level_range(spec)
+        n = segment.num_levels(spec)
+        size = source.codebook_size(spec)
+        levels = torch.arange(first, first + n, device=values.device) * size
+        base = self.offset(segment.stream)
+        if source.per_clip(spec):
+            self._check_shape(values, (n,), segment.name)
+            return values.long() + base + levels
+        if not source.level_axis:
+            self._check_shape(values, (None,), segment.name)
+            return values.long() + base
+        self._check_shape(values, (n, None), segment.name)
+        ids = values.long() + base + levels[None, :, None]
+        return ids.transpose(1, 2).reshape(values.shape[0], -1)
+
     def mulan_tokens(self, mulan: torch.Tensor) -> torch.Tensor:
         """MuLan codes ``[B, L]`` -> vocabulary ids ``[B, L]``."""
-        self._need(self.uses_mulan, "mulan")
-        levels = torch.arange(self.spec.mulan_levels, device=mulan.device)
-        return mulan.long() + self.mulan_offset + levels * self.spec.mulan_codebook_size
-
-    def null_tokens(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The null conditioning ``[B, L]`` used in place of MuLan tokens (guidance)."""
-        self._need(self.uses_mulan, "null conditioning")
-        ids = torch.arange(self.spec.mulan_levels, device=device) + self.null_offset
-        return ids.expand(batch, -1).clone()
+        return self.segment_tokens(self._conditioning("mulan"), mulan)
 
     def semantic_tokens(self, semantic: torch.Tensor) -> torch.Tensor:
         """Semantic ids ``[B, T_s]`` -> vocabulary ids ``[B, T_s]``."""
-        self._need(self.uses_mulan, "semantic")
-        return semantic.long() + self.semantic_offset
+        return self.segment_tokens(self._segment("semantic"), semantic)
 
-    def acoustic_tokens(self, codes: torch.Tensor, first_level: int) -> torch.Tensor:
-        """RVQ codes ``[B, n, T_a]`` of levels ``first_level ..`` -> time-major ids ``[B, T_a * n]``."""
-        n = codes.shape[1]
-        if first_level + n > self.acoustic_levels_used:
-            raise ValueError(
-                f"the {self.stage} stage has acoustic levels 0..{self.acoustic_levels_used - 1}, "
-                f"got levels {first_level}..{first_level + n - 1}"
-            )
-        levels = torch.arange(first_level, first_level + n, device=codes.device)
-        ids = (
-            codes.long()
-            + self.acoustic_offset
-            + levels[None, :, None] * (self.spec.acoustic_codebook_size)
-        )
-        return ids.transpose(1, 2).reshape(codes.shape[0], -1)
+    def null_tokens(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The null conditioning ``[B, n]`` that replaces every droppable segment (guidance)."""
+        self._need(self.uses_mulan, "null conditioning")
+        ids = [
+            torch.arange(s.num_levels(self.spec), device=device) + self._blocks[f"null:{s.name}"]
+            for s in self.declaration.conditioning
+            if s.source.droppable
+        ]
+        return torch.cat(ids).expand(batch, -1).clone()
+
+    def select(self, segment: Segment, streams: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The segment's part of whole streams (``{"acoustic": [B, Q, T_a], ...}``, as the
+        shards hold them): its levels of a stream with a level axis and a time axis."""
+        self._need(streams.get(segment.stream) is not None, self._describe(segment, segment.stream))
+        values = streams[segment.stream]
+        source = segment.source
+        if source.level_axis and not source.per_clip(self.spec):
+            first, stop = segment.level_range(self.spec)
+            self._check_levels(values, stop, segment.stream)
+            return values[:, first:stop]
+        return values
 
     # ----- sequences ----------------------------------------------------------------------
-    def prefix(
-        self,
-        mulan: torch.Tensor | None = None,
-        semantic: torch.Tensor | None = None,
-        coarse: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def prefix(self, null: bool = False, **segments: torch.Tensor | None) -> torch.Tensor:
         """Conditioning prefix ``[B, P]`` ending in SEP.
 
-        semantic stage: ``mulan [B, L]``; coarse: ``mulan [B, L]`` and ``semantic [B, T_s]``;
-        fine: ``coarse [B, Qc, T_a]`` (RVQ codes of levels 1..Qc). ``mulan`` may be None for
-        the semantic/coarse stages to use the null conditioning (unconditional rows).
+        Keywords are the stage's conditioning segments by name, in stream form: semantic
+        stage ``mulan [B, L]``; coarse ``mulan [B, L]`` and ``semantic [B, T_s]``; fine
+        ``coarse [B, Qc, T_a]`` (RVQ codes of levels 1..Qc). A droppable segment (MuLan)
+        that is None, or every droppable segment when ``null``, becomes the null
+        conditioning (unconditional rows). The batch size comes from any tensor given, so
+        ``prefix(semantic=ids)`` is the null prefix of the semantic stage as well.
         """
-        if self.stage == "fine":
-            self._need(coarse is not None, "coarse codes [B, Qc, T_a]")
-            self._check_levels(coarse, self.spec.coarse_levels, "coarse")
-            body = [self.acoustic_tokens(coarse, 0)]
-            batch, device = coarse.shape[0], coarse.device
-        else:
-            reference = mulan if mulan is not None else semantic
-            self._need(reference is not None, "mulan [B, L] (or semantic for null conditioning)")
-            batch, device = reference.shape[0], reference.device
-            cond = self.null_tokens(batch, device) if mulan is None else self.mulan_tokens(mulan)
-            body = [cond]
-            if self.stage == "coarse":
-                self._need(semantic is not None, "semantic [B, T_s]")
-                body += [self._fill(batch, SEP, device), self.semantic_tokens(semantic)]
+        given = [v for v in segments.values() if v is not None]
+        names = " / ".join(s.name for s in self.declaration.conditioning)
+        self._need(bool(given), f"its conditioning ({names})")
+        batch, device = given[0].shape[0], given[0].device
+        body: list[torch.Tensor] = []
+        nulls = self.null_tokens(batch, device) if self.uses_mulan else None
+        for segment in self.declaration.conditioning:
+            if body:
+                body.append(self._fill(batch, SEP, device))
+            value = segments.get(segment.name)
+            if segment.source.droppable and (null or value is None):
+                where = self._blocks[f"null:{segment.name}"] - self.null_offset
+                body.append(nulls[:, where : where + segment.num_levels(self.spec)])
+                continue
+            self._need(value is not None, self._describe(segment, segment.name))
+            body.append(self.segment_tokens(segment, value))
         start = self._fill(batch, START, device)
         return torch.cat([start, *body, self._fill(batch, SEP, device)], dim=1)
 
-    def targets(self, semantic: torch.Tensor | None = None, acoustic: torch.Tensor | None = None):
-        """Target tokens ``[B, N]``: ``semantic [B, T_s]`` (semantic stage) or the stage's
-        RVQ levels of ``acoustic [B, Q' >= last level, T_a]`` flattened time-major."""
-        if self.stage == "semantic":
-            self._need(semantic is not None, "semantic [B, T_s]")
-            return self.semantic_tokens(semantic)
-        self._need(acoustic is not None, "acoustic [B, Q, T_a]")
-        first, n = self.first_target_level, self.num_target_levels
-        self._check_levels(acoustic, first + n, "acoustic")
-        return self.acoustic_tokens(acoustic[:, first : first + n], first)
+    def targets(self, **streams: torch.Tensor | None) -> torch.Tensor:
+        """Target tokens ``[B, N]`` from whole streams: ``semantic [B, T_s]`` (semantic
+        stage) or the stage's RVQ levels of ``acoustic [B, Q' >= last level, T_a]``,
+        flattened time-major."""
+        return self.segment_tokens(self.target, self.select(self.target, streams))
 
-    def build(
-        self,
-        mulan: torch.Tensor | None = None,
-        semantic: torch.Tensor | None = None,
-        acoustic: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def build(self, **streams: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """A training sequence from aligned streams of a crop.
 
-        Args: ``mulan [B, L]``, ``semantic [B, T_s]``, ``acoustic [B, Q, T_a]`` as the stage
-        needs them (see the module docstring). Returns ``tokens [B, P + N]`` (long) and
-        ``levels [B, P + N]`` (long: target level of each position, -1 in the prefix).
+        Args: whole streams by shard field, ``mulan [B, L]``, ``semantic [B, T_s]``,
+        ``acoustic [B, Q, T_a]``, as the stage needs them (see the module docstring).
+        Returns ``tokens [B, P + N]`` (long) and ``levels [B, P + N]`` (long: target level
+        of each position, -1 in the prefix).
         """
-        coarse = acoustic[:, : self.spec.coarse_levels] if self.stage == "fine" else None
-        prefix = self.prefix(mulan=mulan, semantic=semantic, coarse=coarse)
-        targets = self.targets(semantic=semantic, acoustic=acoustic)
-        return self.join(prefix, targets)
+        conditioning = {s.name: self.select(s, streams) for s in self.declaration.conditioning}
+        return self.join(self.prefix(**conditioning), self.targets(**streams))
 
     def join(
         self, prefix: torch.Tensor, targets: torch.Tensor
@@ -248,27 +328,22 @@ class TokenLayout:
 
     def prompt(
         self,
-        mulan: torch.Tensor | None = None,
-        semantic: torch.Tensor | None = None,
-        coarse: torch.Tensor | None = None,
         target_prefix: torch.Tensor | None = None,
+        null: bool = False,
+        **segments: torch.Tensor | None,
     ) -> torch.Tensor:
         """A generation prompt ``[B, P + n]``: the prefix, then optional already known targets.
 
-        ``target_prefix`` is in stream form (semantic ids ``[B, n]`` for the semantic stage,
-        RVQ codes ``[B, num_target_levels, n_frames]`` of the stage's target levels for
-        coarse/fine), e.g. the tail of the previous window when extending audio. Generation
-        continues at target index ``n`` (its level is :meth:`target_level`).
+        ``segments`` and ``null`` as for :meth:`prefix`. ``target_prefix`` is in stream form
+        (semantic ids ``[B, n]`` for the semantic stage, RVQ codes ``[B, num_target_levels,
+        n_frames]`` of the stage's target levels for coarse/fine), e.g. the tail of the
+        previous window when extending audio. Generation continues at target index ``n``
+        (its level is :meth:`target_level`).
         """
-        tokens = self.prefix(mulan=mulan, semantic=semantic, coarse=coarse)
+        tokens = self.prefix(null=null, **segments)
         if target_prefix is None:
             return tokens
-        if self.stage == "semantic":
-            known = self.semantic_tokens(target_prefix)
-        else:
-            self._check_levels(target_prefix, self.num_target_levels, "target_prefix", exact=True)
-            known = self.acoustic_tokens(target_prefix, self.first_target_level)
-        return torch.cat([tokens, known], 1)
+        return torch.cat([tokens, self.segment_tokens(self.target, target_prefix)], 1)
 
     def drop_conditioning(self, tokens: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         """Replace the MuLan prefix of rows where ``drop [B]`` (bool) is set by null tokens."""
@@ -301,7 +376,7 @@ class TokenLayout:
                 f"{self.stage} target tokens outside their level's id range; restrict sampling "
                 "to TokenLayout.target_range(level)"
             )
-        if self.stage == "semantic":
+        if not self.target.source.level_axis:
             return frames[..., 0]
         return frames.transpose(1, 2)
 
@@ -322,19 +397,12 @@ class TokenLayout:
     # ----- serialization --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain description (stored in stage checkpoints next to the weights)."""
+        offsets = {"pad": PAD, "start": START, "sep": SEP, "null": self.null_offset}
         return {
             "stage": self.stage,
             "spec": self.spec.to_dict(),
             "vocab_size": self.vocab_size,
-            "offsets": {
-                "pad": PAD,
-                "start": START,
-                "sep": SEP,
-                "null": self.null_offset,
-                "mulan": self.mulan_offset,
-                "semantic": self.semantic_offset,
-                "acoustic": self.acoustic_offset,
-            },
+            "offsets": offsets | {name: self.offset(name) for name in STREAMS},
             "levels": self.level_names,
         }
 
@@ -349,14 +417,43 @@ class TokenLayout:
         return layout
 
     # ----- helpers ------------------------------------------------------------------------
+    def _segment(self, name: str) -> Segment:
+        stage = self.declaration
+        for segment in (*stage.conditioning, stage.target):
+            if segment.name == name:
+                return segment
+        raise ValueError(f"the {self.stage} stage needs no {name} tokens")
+
+    def _conditioning(self, name: str) -> Segment:
+        segment = self._segment(name)
+        self._need(segment in self.declaration.conditioning, f"{name} as conditioning")
+        return segment
+
+    def _describe(self, segment: Segment, name: str) -> str:
+        source = segment.source
+        if source.per_clip(self.spec):
+            return f"{name} [B, {source.levels(self.spec)}]"
+        if not source.level_axis:
+            return f"{name} [B, T]"
+        levels = segment.num_levels(self.spec) if name == segment.name else "Q"
+        return f"{name} [B, {levels}, T]"
+
     def _need(self, ok: bool, what: str) -> None:
         if not ok:
             raise ValueError(f"the {self.stage} stage needs {what}")
 
-    def _check_levels(self, codes: torch.Tensor, levels: int, name: str, exact=False) -> None:
-        if codes.ndim != 3 or codes.shape[1] < levels or (exact and codes.shape[1] != levels):
-            need = f"exactly {levels}" if exact else f">= {levels}"
-            raise ValueError(f"{name} must be [B, {need} levels, T_a], got {tuple(codes.shape)}")
+    def _check_shape(self, values: torch.Tensor, shape: tuple[int | None, ...], name: str):
+        inner = tuple(values.shape[1:])
+        ok = len(inner) == len(shape) and all(
+            w is None or w == n for w, n in zip(shape, inner, strict=True)
+        )
+        if not ok:
+            want = ", ".join("T" if w is None else str(w) for w in shape)
+            raise ValueError(f"{name} must be [B, {want}], got {tuple(values.shape)}")
+
+    def _check_levels(self, codes: torch.Tensor, levels: int, name: str) -> None:
+        if codes.ndim != 3 or codes.shape[1] < levels:
+            raise ValueError(f"{name} must be [B, >= {levels} levels, T], got {tuple(codes.shape)}")
 
     @staticmethod
     def _fill(batch: int, value: int, device: torch.device | str) -> torch.Tensor:

@@ -34,8 +34,10 @@ import pytorch_lightning as pl
 import torch
 from musiclm.training.checkpoints import newest_checkpoint
 from musiclm.training.cli import entry_classes
-from musiclm.training.layout import STAGES, TokenLayout
+from musiclm.training.layout import TokenLayout
 from musiclm.training.shard_data import StageData
+from musiclm.training.stage_registry import STAGES
+from musiclm.training.stage_registry import crop_seconds as crop_seconds_of
 from musiclm.training.stages import StageCheckpointError
 
 
@@ -92,8 +94,7 @@ def evaluate_stage(
         raise StageCheckpointError(f"{path} is not a MusicLM stage checkpoint")
     module_class, data_class = entry_classes(f"stage-{info['stage']}")
     module = module_class.load_from_checkpoint(path, map_location="cpu")
-    data_config = (info.get("config") or {}).get("data") or {}
-    crop = crop_seconds or float(data_config.get("crop_seconds", 10.0))
+    crop = crop_seconds or crop_seconds_of(info["stage"], info.get("config"))
 
     def loader(root: str | Path) -> StageData:
         return data_class(

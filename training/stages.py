@@ -23,6 +23,7 @@ transformer, config}`` (``config`` = the full LightningCLI config when run from 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from musiclm.tokenizers.contract import TokenSpec
 from musiclm.training.layout import IGNORE_LEVEL, TokenLayout
 from musiclm.training.schedule import BudgetSchedule
+from musiclm.training.stage_registry import get_stage
 from musiclm.training.transformer import DecoderTransformer, TransformerConfig
 from torch import nn
 
@@ -69,7 +71,8 @@ def level_losses(
 
 
 class StageModule(pl.LightningModule):
-    """One MusicLM stage (subclasses fix ``stage``).
+    """One MusicLM stage (the classes of :func:`stage_module` fix ``stage``, a name in the
+    stage registry).
 
     Args:
         dim, depth, heads, ff_dim, dropout: transformer sizes (paper: 1024, 24, 16, 4096, 0.1).
@@ -212,27 +215,27 @@ class StageModule(pl.LightningModule):
     def conditioning_variants(
         self, tokens: torch.Tensor, levels: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Copies of ``tokens [B, T]`` with other conditioning: ``null`` (null tokens),
-        ``shuffled_mulan`` (MuLan prefix rolled by one row), and for the coarse stage
-        ``shuffled_semantic`` (semantic prefix rolled; only when all rows share a length)."""
-        if not self.layout.uses_mulan:
+        """Copies of ``tokens [B, T]`` with other conditioning: ``null`` (null tokens), and
+        ``shuffled_<segment>`` for each conditioning segment (rolled by one row: MuLan, and
+        semantic for the coarse stage). A segment whose positions depend on the crop length
+        is shuffled only when all rows share a length. Stages without droppable
+        conditioning (fine) have none."""
+        layout = self.layout
+        if not layout.uses_mulan:
             return {}
         b = tokens.shape[0]
-        variants = {
-            "null": self.layout.drop_conditioning(tokens, torch.ones_like(tokens[:, 0]) > 0)
-        }
+        variants = {"null": layout.drop_conditioning(tokens, torch.ones_like(tokens[:, 0]) > 0)}
         if b < 2:
             return variants
-        cond = self.layout.conditioning_positions
-        shuffled = tokens.clone()
-        shuffled[:, cond] = tokens[:, cond].roll(1, dims=0)
-        variants["shuffled_mulan"] = shuffled
-        if self.stage == "coarse" and bool((levels[:, -1] != IGNORE_LEVEL).all()):
-            frames = int((levels[0] == IGNORE_LEVEL).sum()) - self.layout.spec.mulan_levels - 3
-            sem = slice(cond.stop + 1, cond.stop + 1 + frames)
-            other = tokens.clone()
-            other[:, sem] = tokens[:, sem].roll(1, dims=0)
-            variants["shuffled_semantic"] = other
+        whole = bool((levels[:, -1] != IGNORE_LEVEL).all())
+        frames = layout.semantic_frames_of(tokens.shape[1]) if whole else 0
+        for segment in layout.declaration.conditioning:
+            where = layout.segment_positions(segment.name, frames)
+            if not whole and where != layout.segment_positions(segment.name, frames + 1):
+                continue
+            shuffled = tokens.clone()
+            shuffled[:, where] = tokens[:, where].roll(1, dims=0)
+            variants[f"shuffled_{segment.name}"] = shuffled
         return variants
 
     # ----- optimization ------------------------------------------------------------------
@@ -277,22 +280,17 @@ class StageModule(pl.LightningModule):
             self._check_data(info["layout"]["spec"], info["bundle_fingerprint"], "the checkpoint")
 
 
-class SemanticStage(StageModule):
-    """MuLan tokens -> semantic ids."""
-
-    stage = "semantic"
-
-
-class CoarseStage(StageModule):
-    """MuLan tokens + semantic ids -> RVQ levels 1..coarse_levels."""
-
-    stage = "coarse"
+@functools.cache
+def stage_module(stage: str) -> type[StageModule]:
+    """The Lightning module class of the registry's stage ``stage`` (its CLI entry)."""
+    declaration = get_stage(stage)
+    name = f"{stage.capitalize()}Stage"
+    namespace = {"stage": stage, "__doc__": f"{declaration.description}.", "__module__": __name__}
+    return type(name, (StageModule,), namespace | {"__qualname__": name})
 
 
-class FineStage(StageModule):
-    """Coarse RVQ levels -> fine RVQ levels."""
-
-    stage = "fine"
+# the paper's stages by name (kept importable; every other stage is reached by stage_module)
+SemanticStage, CoarseStage, FineStage = (stage_module(s) for s in ("semantic", "coarse", "fine"))
 
 
 @dataclasses.dataclass

@@ -1,6 +1,7 @@
 """One training entry point for every model: ``python -m musiclm.training.cli <entry> --config ...``.
 
-Entries are the three tokenizer trainers and the three stage trainers. Each is a
+Entries are the three tokenizer trainers and one ``stage-<name>`` trainer per stage of the
+stage registry (:mod:`musiclm.training.stage_registry`). Each is a
 LightningCLI over a (LightningModule, LightningDataModule) pair, so every option of the
 module, the data module and the ``Trainer`` can be set in YAML or on the command line::
 
@@ -22,10 +23,11 @@ import sys
 from pathlib import Path
 
 from musiclm.training.checkpoints import newest_checkpoint
+from musiclm.training.stage_registry import STAGES
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-# entry -> ("module:LightningModule", "module:LightningDataModule")
-ENTRIES: dict[str, tuple[str, str]] = {
+# tokenizer entry -> ("module:LightningModule", "module:LightningDataModule")
+TOKENIZER_ENTRIES: dict[str, tuple[str, str]] = {
     "tokenizer-semantic": (
         "musiclm.training.semantic_trainer:SemanticModule",
         "musiclm.training.audio_data:AudioCropDataModule",
@@ -38,19 +40,10 @@ ENTRIES: dict[str, tuple[str, str]] = {
         "musiclm.training.soundstream_trainer:SoundStreamModule",
         "musiclm.training.audio_data:AudioCropDataModule",
     ),
-    "stage-semantic": (
-        "musiclm.training.stages:SemanticStage",
-        "musiclm.training.shard_data:SemanticData",
-    ),
-    "stage-coarse": (
-        "musiclm.training.stages:CoarseStage",
-        "musiclm.training.shard_data:CoarseData",
-    ),
-    "stage-fine": (
-        "musiclm.training.stages:FineStage",
-        "musiclm.training.shard_data:FineData",
-    ),
 }
+# one ``stage-<name>`` entry per stage of the registry
+STAGE_ENTRIES: dict[str, str] = {f"stage-{name}": name for name in STAGES}
+ENTRIES: tuple[str, ...] = (*TOKENIZER_ENTRIES, *STAGE_ENTRIES)
 
 
 class TrainCLI(LightningCLI):
@@ -67,8 +60,13 @@ class TrainCLI(LightningCLI):
 
 def entry_classes(entry: str) -> tuple[type, type]:
     """The (LightningModule, LightningDataModule) classes of an entry of :data:`ENTRIES`."""
+    if entry in STAGE_ENTRIES:  # imported here: a tokenizer run needs no stage modules
+        from musiclm.training.shard_data import stage_data
+        from musiclm.training.stages import stage_module
+
+        return stage_module(STAGE_ENTRIES[entry]), stage_data(STAGE_ENTRIES[entry])
     classes = []
-    for target in ENTRIES[entry]:
+    for target in TOKENIZER_ENTRIES[entry]:
         module, name = target.split(":")
         classes.append(getattr(importlib.import_module(module), name))
     return classes[0], classes[1]

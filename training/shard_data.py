@@ -59,6 +59,7 @@ from musiclm.training.shard_order import (
     batches_read,
     heldout_shards,
 )
+from musiclm.training.stage_registry import get_stage
 
 FINGERPRINT_KEYS = ("fingerprint", "bundle_fingerprint", "bundle")
 SPEC_KEYS = ("spec", "token_spec")
@@ -263,11 +264,13 @@ class TrainReader:
 
 
 class StageData(pl.LightningDataModule):
-    """Webdataset stream of one stage's training sequences (subclasses fix ``stage``).
+    """Webdataset stream of one stage's training sequences (the classes of
+    :func:`stage_data` fix ``stage``, a name in the stage registry).
 
     Args:
         root: dataset directory (``make tokenize`` OUT).
-        crop_seconds: crop length (paper: 30 semantic, 10 coarse, 3 fine).
+        crop_seconds: crop length (default: the stage's paper crop, 30 semantic, 10
+            coarse, 3 fine).
         batch_size: sequences per batch and process.
         num_workers: DataLoader workers per process (each reads its own shards).
         shuffle_buffer: samples in the shuffle buffer of each worker.
@@ -284,7 +287,7 @@ class StageData(pl.LightningDataModule):
     def __init__(
         self,
         root: str,
-        crop_seconds: float = 10.0,
+        crop_seconds: float | None = None,
         batch_size: int = 8,
         num_workers: int = 2,
         shuffle_buffer: int = 1000,
@@ -299,7 +302,8 @@ class StageData(pl.LightningDataModule):
         self.root = str(root)
         self.spec, self.fingerprint, self.dataset_info = read_dataset_info(root)
         self.layout = TokenLayout(self.spec, self.stage)
-        self.crop_frames = max(1, round(crop_seconds * self.spec.semantic_rate))
+        crop = get_stage(self.stage).paper_crop_seconds if crop_seconds is None else crop_seconds
+        self.crop_frames = max(1, round(crop * self.spec.semantic_rate))
         self.shards = list_shards(root)
         listed = manifest_shards(root)
         counts = [listed.get(Path(s).name, (None, 0))[1] for s in self.shards]
@@ -392,19 +396,14 @@ class StageData(pl.LightningDataModule):
         return wds.WebLoader(self.val_dataset(), batch_size=None, num_workers=workers)
 
 
-class SemanticData(StageData):
-    """Semantic stage data: MuLan tokens -> semantic ids (paper crop 30 s)."""
-
-    stage = "semantic"
-
-
-class CoarseData(StageData):
-    """Coarse stage data: MuLan + semantic -> RVQ levels 1..Qc (paper crop 10 s)."""
-
-    stage = "coarse"
+@functools.cache
+def stage_data(stage: str) -> type[StageData]:
+    """The data module class of the registry's stage ``stage`` (what its CLI entry trains on)."""
+    declaration = get_stage(stage)
+    name = f"{stage.capitalize()}Data"
+    namespace = {"stage": stage, "__doc__": f"{declaration.description}.", "__module__": __name__}
+    return type(name, (StageData,), namespace | {"__qualname__": name})
 
 
-class FineData(StageData):
-    """Fine stage data: RVQ levels 1..Qc -> Qc+1..Q (paper crop 3 s)."""
-
-    stage = "fine"
+# the paper's stages by name (kept importable; every other stage is reached by stage_data)
+SemanticData, CoarseData, FineData = (stage_data(s) for s in ("semantic", "coarse", "fine"))

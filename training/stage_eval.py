@@ -33,12 +33,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from musiclm.training.checkpoints import newest_checkpoint
-from musiclm.training.cli import entry_classes
 from musiclm.training.layout import TokenLayout
-from musiclm.training.shard_data import StageData
+from musiclm.training.shard_data import StageData, stage_data
 from musiclm.training.stage_registry import STAGES
 from musiclm.training.stage_registry import crop_seconds as crop_seconds_of
-from musiclm.training.stages import StageCheckpointError
+from musiclm.training.stages import StageCheckpointError, stage_module
 
 
 def level_counts(batches: Iterable[dict[str, Any]], layout: TokenLayout) -> list[Counter]:
@@ -92,12 +91,11 @@ def evaluate_stage(
     info = torch.load(path, map_location="cpu", weights_only=True).get("musiclm") or {}
     if info.get("stage") not in STAGES:
         raise StageCheckpointError(f"{path} is not a MusicLM stage checkpoint")
-    module_class, data_class = entry_classes(f"stage-{info['stage']}")
-    module = module_class.load_from_checkpoint(path, map_location="cpu")
+    module = stage_module(info["stage"]).load_from_checkpoint(path, map_location="cpu")
     crop = crop_seconds or crop_seconds_of(info["stage"], info.get("config"))
 
     def loader(root: str | Path) -> StageData:
-        return data_class(
+        return stage_data(info["stage"])(
             str(root), crop_seconds=crop, batch_size=batch_size, num_workers=0, val_fraction=1.0
         )
 

@@ -28,10 +28,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from musiclm.training.layout import TokenLayout
+from musiclm.training.stage_registry import STAGES
 from musiclm.training.transformer import DecoderTransformer
 
-# The paper's sampling temperatures (semantic / coarse / fine).
-PAPER_TEMPERATURES = {"semantic": 1.0, "coarse": 0.95, "fine": 0.4}
+# The paper's sampling temperatures (semantic / coarse / fine), from the stage registry.
+PAPER_TEMPERATURES = {name: stage.paper_temperature for name, stage in STAGES.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +184,7 @@ class Windows:
 
 def frames_per_semantic(layout: TokenLayout) -> int:
     """Target frames of a stage per semantic frame: 1 (semantic) or the acoustic ratio (2)."""
-    return 1 if layout.stage == "semantic" else layout.spec.acoustic_per_semantic
+    return layout.target_frames_per_semantic
 
 
 def tokens_to_generate(layout: TokenLayout, windows: Windows, known: int, total: int) -> int:

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt
 import soundfile as sf
 import torch
 import torchaudio
-from musiclm.sampling.generate import PAPER_TEMPERATURES, SamplingSettings
+from musiclm.sampling.generate import SamplingSettings
 from musiclm.sampling.sampler import Generation, Sampler, SamplerError, find_checkpoint
 from musiclm.tokenizers.audio import AudioError, load_audio
 from musiclm.tokenizers.bundle import BundleError
@@ -47,20 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGES:
         parser.add_argument(f"--{stage}-ckpt", help=f"{stage} stage checkpoint (default: newest)")
     parser.add_argument("--seed", type=int, default=0, help="row r of the batch uses seed + r")
+    names = tuple(name.upper() for name in STAGES)
+    paper = " ".join(str(s.paper_temperature) for s in STAGES.values())
     parser.add_argument(
         "--temperature",
         type=float,
-        nargs=3,
-        default=[PAPER_TEMPERATURES[s] for s in STAGES],
-        metavar=("SEM", "COARSE", "FINE"),
-        help="per-stage temperature (paper: 1.0 0.95 0.4)",
+        nargs=len(STAGES),
+        default=[s.paper_temperature for s in STAGES.values()],
+        metavar=names,
+        help=f"per-stage temperature (paper: {paper})",
     )
     parser.add_argument(
-        "--top-k", type=int, nargs=3, default=[0, 0, 0], metavar=("SEM", "COARSE", "FINE"),
+        "--top-k", type=int, nargs=len(STAGES), default=[0] * len(STAGES), metavar=names,
         help="per-stage top-k (0 = off)",
     )  # fmt: skip
     parser.add_argument(
-        "--top-p", type=float, nargs=3, default=[1.0, 1.0, 1.0], metavar=("SEM", "COARSE", "FINE"),
+        "--top-p", type=float, nargs=len(STAGES), default=[1.0] * len(STAGES), metavar=names,
         help="per-stage nucleus mass (1 = off)",
     )  # fmt: skip
     parser.add_argument(
@@ -88,12 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
 def stage_settings(args: argparse.Namespace) -> dict[str, SamplingSettings]:
     """Per-stage :class:`SamplingSettings` from the command line."""
     out = {}
-    for i, stage in enumerate(STAGES):
-        out[stage] = SamplingSettings(
+    for i, (name, stage) in enumerate(STAGES.items()):
+        out[name] = SamplingSettings(
             temperature=args.temperature[i],
             top_k=args.top_k[i] or None,
             top_p=args.top_p[i] if args.top_p[i] < 1 else None,
-            guidance=args.guidance if stage != "fine" else 1.0,
+            guidance=args.guidance if stage.guided else 1.0,
         )
     return out
 
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         started = time.perf_counter()
         sampler = Sampler.from_paths(
-            args.bundle, **checkpoints, device=args.device, prefix_fraction=args.prefix_fraction
+            args.bundle, checkpoints, device=args.device, prefix_fraction=args.prefix_fraction
         )
         sampler.frames_for(args.seconds)  # a duration out of reach fails before any work
         prompt_audio = None

@@ -26,47 +26,22 @@ from typing import Any
 
 import torch
 from musiclm.sampling.generate import (
-    PAPER_TEMPERATURES,
     RowRandom,
     SamplingSettings,
     Windows,
     extend,
-    frames_per_semantic,
     tokens_to_generate,
 )
 from musiclm.tokenizers.bundle import TokenizerBundle, load_bundle
 from musiclm.training.checkpoints import newest_checkpoint
 from musiclm.training.layout import TokenLayout
+from musiclm.training.stage_model import StageCheckpointError, StageModel, load_stage
 from musiclm.training.stage_registry import STAGES
-from musiclm.training.stages import StageCheckpointError, load_stage
-from musiclm.training.transformer import DecoderTransformer
 from tqdm.auto import tqdm
-
-# Training crop per stage when a checkpoint does not record its data config (the paper's).
-PAPER_CROP_SECONDS = {"semantic": 30.0, "coarse": 10.0, "fine": 3.0}
 
 
 class SamplerError(ValueError):
     """A request the sampler cannot fulfil; the message names the input and the fix."""
-
-
-@dataclasses.dataclass
-class StageModel:
-    """One trained stage for sampling: transformer (eval), layout, bundle fingerprint, and
-    ``crop_frames``, the semantic frames of its training crop (the generation window)."""
-
-    model: DecoderTransformer
-    layout: TokenLayout
-    fingerprint: str
-    crop_frames: int
-    path: str = "<in memory>"
-
-
-def crop_seconds_of(config: Mapping[str, Any] | None) -> float | None:
-    """``data.crop_seconds`` of a LightningCLI config (plain or ``init_args`` form), if any."""
-    data = (config or {}).get("data") or {}
-    value = data.get("crop_seconds", (data.get("init_args") or {}).get("crop_seconds"))
-    return None if value is None else float(value)
 
 
 def load_stage_model(path: str | Path, stage: str, device: str = "cpu") -> StageModel:
@@ -82,9 +57,7 @@ def load_stage_model(path: str | Path, stage: str, device: str = "cpu") -> Stage
         raise SamplerError(str(err)) from err
     if loaded.layout.stage != stage:
         raise SamplerError(f"{path} is a {loaded.layout.stage} stage checkpoint, not {stage}")
-    seconds = crop_seconds_of(loaded.config) or PAPER_CROP_SECONDS[stage]
-    frames = max(1, round(seconds * loaded.layout.spec.semantic_rate))
-    return StageModel(loaded.model, loaded.layout, loaded.bundle_fingerprint, frames, str(path))
+    return loaded
 
 
 def find_checkpoint(runs: str | Path, stage: str) -> Path:
@@ -101,7 +74,13 @@ def find_checkpoint(runs: str | Path, stage: str) -> Path:
 
 def default_settings() -> dict[str, SamplingSettings]:
     """The paper's temperatures (1.0 / 0.95 / 0.4), no top-k/top-p, no guidance."""
-    return {stage: SamplingSettings(temperature=t) for stage, t in PAPER_TEMPERATURES.items()}
+    return {name: SamplingSettings(temperature=s.paper_temperature) for name, s in STAGES.items()}
+
+
+def no_tokens(layout: TokenLayout, rows: int) -> torch.Tensor:
+    """An empty target stream of ``layout``'s stage: ``[rows, 0]`` or ``[rows, levels, 0]``."""
+    levels = [layout.num_target_levels] if layout.target.source.level_axis else []
+    return torch.zeros(rows, *levels, 0, dtype=torch.long)
 
 
 @dataclasses.dataclass
@@ -125,7 +104,9 @@ class Generation:
 
 
 class Sampler:
-    """A tokenizer bundle plus the semantic, coarse and fine stage models."""
+    """A tokenizer bundle plus a model of every stage of the registry (semantic, coarse,
+    fine), run in the registry's order: each stage is conditioned on the MuLan text
+    tokens and on the streams of the stages before it, by segment name."""
 
     def __init__(
         self,
@@ -142,7 +123,9 @@ class Sampler:
                 raise SamplerError(
                     f"{stage.path} is a {stage.layout.stage} stage checkpoint, given as {name}"
                 )
-            bundle.check_fingerprint(stage.fingerprint, f"the {name} stage checkpoint {stage.path}")
+            bundle.check_fingerprint(
+                stage.bundle_fingerprint, f"the {name} stage checkpoint {stage.path}"
+            )
             if stage.layout.spec != bundle.spec:
                 raise SamplerError(
                     f"the {name} stage checkpoint {stage.path} was trained for another token "
@@ -152,7 +135,7 @@ class Sampler:
             raise SamplerError(f"prefix_fraction must be in [0, 1), got {prefix_fraction}")
         self.bundle = bundle
         self.spec = bundle.spec
-        self.stages = dict(stages)
+        self.stages = {name: stages[name] for name in STAGES}  # generation order
         self.windows = {
             name: Windows(st.crop_frames, int(st.crop_frames * prefix_fraction))
             for name, st in self.stages.items()
@@ -162,21 +145,18 @@ class Sampler:
     def from_paths(
         cls,
         bundle: str | Path,
-        semantic: str | Path,
-        coarse: str | Path,
-        fine: str | Path,
+        checkpoints: Mapping[str, str | Path],
         device: str = "cpu",
         prefix_fraction: float = 0.5,
     ) -> Sampler:
-        """Load the bundle directory and the three stage checkpoints."""
+        """Load the bundle directory and the stage checkpoints (``{stage: path}``)."""
         loaded = load_bundle(bundle, device=device)
-        paths = {"semantic": semantic, "coarse": coarse, "fine": fine}
-        stages = {name: load_stage_model(path, name, device) for name, path in paths.items()}
+        stages = {name: load_stage_model(path, name, device) for name, path in checkpoints.items()}
         return cls(loaded, stages, prefix_fraction)
 
     @property
     def device(self) -> torch.device:
-        return self.stages["semantic"].model.embedding.weight.device
+        return next(iter(self.stages.values())).model.embedding.weight.device
 
     # ----- requests ------------------------------------------------------------------------
     def frames_for(self, seconds: float) -> int:
@@ -245,38 +225,35 @@ class Sampler:
         mulan = self.bundle.mulan.text_tokens(prompts).long().cpu()
         mulan_rows = mulan.repeat_interleave(candidates, dim=0)
 
+        # every stream so far by segment name: what the next stages are conditioned on
+        outputs: dict[str, torch.Tensor] = {"mulan": mulan_rows}
+        whole: dict[str, torch.Tensor] = {}
         if prompt_audio is not None:
             semantic0, codes0 = self.prompt_streams(prompt_audio)
-            semantic0 = semantic0.expand(rows, -1)
-            coarse0 = codes0[:, : spec.coarse_levels].expand(rows, -1, -1)
-            fine0 = codes0[:, spec.coarse_levels :].expand(rows, -1, -1)
-        else:
-            semantic0 = torch.zeros(rows, 0, dtype=torch.long)
-            coarse0 = torch.zeros(rows, spec.coarse_levels, 0, dtype=torch.long)
-            fine0 = torch.zeros(rows, spec.fine_levels, 0, dtype=torch.long)
-        known_frames = semantic0.shape[1]
+            whole = {"semantic": semantic0, "acoustic": codes0}
+        known_frames = whole["semantic"].shape[1] if whole else 0
         total = known_frames + new_frames
-        ratio = spec.acoustic_per_semantic
-
-        def semantic_cond(start: int, end: int, null: bool) -> dict[str, Any]:
-            if null:  # the layout reads the batch size from the (empty) semantic tensor
-                return {"mulan": None, "semantic": semantic0[:, :0]}
-            return {"mulan": mulan_rows}
-
-        semantic = self._run(
-            "semantic", semantic0, total, semantic_cond, settings, random, progress
+        for name, stage in self.stages.items():
+            layout = stage.layout
+            if whole:
+                start = layout.select(layout.target, whole)
+                known = start.expand(rows, *start.shape[1:])
+            else:
+                known = no_tokens(layout, rows)
+            conditioning = self._conditioning(layout, outputs)
+            outputs[layout.target.name] = self._run(
+                name, known, total, conditioning, settings, random, progress
+            )
+        targets = [st.layout.target for st in self.stages.values()]
+        semantic = next(outputs[t.name] for t in targets if t.stream == "semantic")
+        acoustic = torch.cat(
+            [
+                outputs[t.name]
+                for t in sorted(targets, key=lambda t: t.level_range(spec))
+                if t.stream == "acoustic"
+            ],
+            dim=1,
         )
-
-        def coarse_cond(start: int, end: int, null: bool) -> dict[str, Any]:
-            return {"mulan": None if null else mulan_rows, "semantic": semantic[:, start:end]}
-
-        coarse = self._run("coarse", coarse0, total, coarse_cond, settings, random, progress)
-
-        def fine_cond(start: int, end: int, null: bool) -> dict[str, Any]:
-            return {"coarse": coarse[..., start * ratio : end * ratio]}
-
-        fine = self._run("fine", fine0, total, fine_cond, settings, random, progress)
-        acoustic = torch.cat([coarse, fine], dim=1)
         audio = self.decode(acoustic)
         scores, chosen = None, torch.zeros(len(prompts), dtype=torch.long)
         if candidates > 1:
@@ -294,6 +271,24 @@ class Sampler:
             sample_rate=spec.sample_rate,
         )
 
+    def _conditioning(
+        self, layout: TokenLayout, outputs: Mapping[str, torch.Tensor]
+    ) -> Callable[[int, int, bool], dict[str, Any]]:
+        """``conditioning(start, end, null)`` for :func:`extend`: the stage's conditioning
+        segments (from ``outputs``, by name) over semantic frames ``start..end``."""
+
+        def window(start: int, end: int, null: bool) -> dict[str, Any]:
+            values: dict[str, Any] = {"null": null}
+            for segment in layout.declaration.conditioning:
+                ratio = segment.source.frames_per_semantic(self.spec)
+                value = outputs[segment.name]
+                values[segment.name] = (
+                    value if ratio == 0 else value[..., start * ratio : end * ratio]
+                )
+            return values
+
+        return window
+
     def _run(
         self,
         name: str,
@@ -305,7 +300,7 @@ class Sampler:
         progress: bool,
     ) -> torch.Tensor:
         stage, windows = self.stages[name], self.windows[name]
-        known_frames = known.shape[-1] // frames_per_semantic(stage.layout)
+        known_frames = known.shape[-1] // stage.layout.target_frames_per_semantic
         steps = tokens_to_generate(stage.layout, windows, known_frames, total)
         with tqdm(total=steps, desc=f"{name} stage", unit="tok", disable=not progress) as bar:
             return extend(

@@ -17,14 +17,14 @@ rolled across the batch), ``val/loss_null`` (null conditioning) and, for coarse,
 
 Checkpoints carry ``checkpoint["musiclm"] = {stage, layout, bundle_fingerprint,
 transformer, config}`` (``config`` = the full LightningCLI config when run from the CLI).
-:func:`load_stage` reads that back for the sampler (``weights_only=True``).
+:func:`musiclm.training.stage_model.load_stage` reads that back for the sampler with torch
+alone (``weights_only=True``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
@@ -33,13 +33,10 @@ import torch.nn.functional as F
 from musiclm.tokenizers.contract import TokenSpec
 from musiclm.training.layout import IGNORE_LEVEL, TokenLayout
 from musiclm.training.schedule import BudgetSchedule
+from musiclm.training.stage_model import StageCheckpointError
 from musiclm.training.stage_registry import get_stage
 from musiclm.training.transformer import DecoderTransformer, TransformerConfig
 from torch import nn
-
-
-class StageCheckpointError(ValueError):
-    """A stage checkpoint that does not fit the data, bundle or stage it is used with."""
 
 
 def level_losses(
@@ -291,41 +288,3 @@ def stage_module(stage: str) -> type[StageModule]:
 
 # the paper's stages by name (kept importable; every other stage is reached by stage_module)
 SemanticStage, CoarseStage, FineStage = (stage_module(s) for s in ("semantic", "coarse", "fine"))
-
-
-@dataclasses.dataclass
-class LoadedStage:
-    """A trained stage for inference: the transformer (eval mode), its layout and bundle."""
-
-    model: DecoderTransformer
-    layout: TokenLayout
-    bundle_fingerprint: str
-    config: dict[str, Any] | None
-
-
-def load_stage(path: str | Path, device: str | torch.device = "cpu") -> LoadedStage:
-    """Load a stage checkpoint written by the trainers (``weights_only=True``).
-
-    Raises :class:`StageCheckpointError` naming the file if it is not a stage checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise StageCheckpointError(f"stage checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
-    info = checkpoint.get("musiclm")
-    if not info or "layout" not in info:
-        raise StageCheckpointError(
-            f"{path} is not a MusicLM stage checkpoint (no 'musiclm' entry); pass a .ckpt "
-            "written by `make train-stage`"
-        )
-    layout = TokenLayout.from_dict(info["layout"])
-    model = DecoderTransformer(TransformerConfig(**info["transformer"]))
-    state = {
-        k.removeprefix("model."): v
-        for k, v in checkpoint["state_dict"].items()
-        if k.startswith("model.")
-    }
-    model.load_state_dict(state)
-    return LoadedStage(
-        model.to(device).eval(), layout, info["bundle_fingerprint"], info.get("config")
-    )

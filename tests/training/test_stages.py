@@ -15,13 +15,8 @@ import torch
 from musiclm.training.schedule import budget_progress, warmup_cosine
 from musiclm.training.shard_data import CoarseData, FineData, SemanticData
 from musiclm.training.stage_eval import level_counts, unigram_baselines
-from musiclm.training.stages import (
-    CoarseStage,
-    FineStage,
-    SemanticStage,
-    StageCheckpointError,
-    load_stage,
-)
+from musiclm.training.stage_model import load_stage
+from musiclm.training.stages import CoarseStage, FineStage, SemanticStage, StageCheckpointError
 
 TINY = dict(dim=64, depth=2, heads=4, ff_dim=128, dropout=0.0, num_buckets=16, max_distance=64)
 STAGES = {

@@ -23,83 +23,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import soundfile as sf
-import torch
-from musiclm.tokenizers.audio import AudioError, load_audio
-from musiclm.tokenizers.bundle import BundleError, load_component
-from musiclm.tokenizers.contract import TOKEN_DTYPE
-from musiclm.tokenizers.saved_config import CONFIG_FILE
-
-CONTEXT_SECONDS = 1.0
-
-
-def load_codec(path: str | Path, device: str = "cpu") -> Any:
-    """The codec saved at ``path``: a codec directory or a bundle root with ``codec/``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"codec directory {path} does not exist")
-    if not (path / CONFIG_FILE).is_file() and (path / "codec" / CONFIG_FILE).is_file():
-        path = path / "codec"
-    return load_component(path, device=device)
-
-
-def encode_file(
-    codec: Any, audio_path: str | Path, levels: int | None, window_seconds: float
-) -> tuple[np.ndarray, int]:
-    """(int16 codes [levels, frames], input samples) of an audio file, window by window.
-
-    Each window is encoded with :data:`CONTEXT_SECONDS` of the audio before it, whose
-    frames are dropped: for a causal codec whose receptive field fits in that context
-    (SoundStream's is about 0.3 s) the codes equal those of the whole file at once.
-    """
-    wav = load_audio(audio_path, codec.sample_rate)
-    window = _frames(codec, window_seconds) * codec.hop
-    context = _frames(codec, CONTEXT_SECONDS) * codec.hop
-    device = next(codec.parameters()).device
-    parts = []
-    with torch.inference_mode():
-        for start in range(0, wav.numel(), window):
-            first = max(0, start - context)
-            chunk = wav[first : start + window].to(device)[None, None]
-            codes = codec.encode(chunk, levels=levels)[0]
-            parts.append(codes[:, (start - first) // codec.hop :].cpu())
-    codes = torch.cat(parts, dim=-1).numpy()
-    if codes.max(initial=0) > np.iinfo(TOKEN_DTYPE).max:
-        raise ValueError(f"codes do not fit {np.dtype(TOKEN_DTYPE)}")
-    return codes.astype(TOKEN_DTYPE), wav.numel()
-
-
-def _frames(codec: Any, seconds: float) -> int:
-    return max(1, round(seconds * codec.sample_rate / codec.hop))
-
-
-def decode_codes(
-    codec: Any, codes: np.ndarray, levels: int | None, window_seconds: float
-) -> np.ndarray:
-    """float32 audio [frames * hop] from codes [Q, frames] (the first ``levels`` used).
-
-    Decoded window by window with :data:`CONTEXT_SECONDS` of codes before each window.
-    """
-    if codes.ndim != 2:
-        raise ValueError(f"codes must be [levels, frames], got shape {codes.shape}")
-    if levels is not None:
-        if not 1 <= levels <= codes.shape[0]:
-            raise ValueError(f"--levels must be in 1..{codes.shape[0]} for these codes")
-        codes = codes[:levels]
-    window = _frames(codec, window_seconds)
-    context = _frames(codec, CONTEXT_SECONDS)
-    device = next(codec.parameters()).device
-    tensor = torch.from_numpy(codes.astype(np.int64)).to(device)
-    parts = []
-    with torch.inference_mode():
-        for start in range(0, tensor.shape[-1], window):
-            first = max(0, start - context)
-            audio = codec.decode(tensor[None, :, first : start + window])[0, 0]
-            parts.append(audio[(start - first) * codec.hop :].cpu())
-    return torch.cat(parts).numpy()
+from musiclm.tokenizers.audio import AudioError
+from musiclm.tokenizers.bundle import BundleError
+from musiclm.tokenizers.codec_io import decode_codes, encode_file, load_codec
 
 
 def _sidecar(path: Path) -> Path:

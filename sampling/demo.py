@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -162,7 +163,7 @@ def sample_step(args: argparse.Namespace, prompts: list[str]) -> Step:
     command = python(
         "musiclm.sampling.cli", "--bundle", str(runs / "bundle"), "--runs", str(runs),
         "--seconds", str(args.seconds), "--out", str(out), "--seed", str(args.seed),
-        "--threads", "1",
+        "--threads", str(args.threads),
     )  # fmt: skip
     for prompt in prompts:
         command += ["--text", prompt]
@@ -181,15 +182,27 @@ def eval_step(args: argparse.Namespace) -> Step:
     return Step("evaluation", command, runs / "eval" / "metrics.json")
 
 
-def run_step(step: Step) -> None:
-    """Run ``step`` unless its output exists; stream its output; stop the demo on failure."""
+def step_env(threads: int) -> dict[str, str]:
+    """The environment of every step: ``threads`` torch/OpenMP threads per process.
+
+    One by default: a step's data workers and Beam workers need cores too, and a 2-thread
+    OpenMP process on a busy 2-core machine spends most of its time waiting at barriers
+    (the SoundStream trainer made 13 steps in its 3-minute budget at load 7 with 2 threads,
+    against about 0.7 steps/s with one).
+    """
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+
+
+def run_step(step: Step, env: dict[str, str] | None = None) -> None:
+    """Run ``step`` unless its output exists (in ``env``, default: this process's);
+    stream its output; stop the demo on failure."""
     if step.output.exists():
         step.status = "skipped (output exists)"
         print(f"\n=== {step.name}: skipped, {step.output} exists", flush=True)
         return
     print(f"\n=== {step.name}\n$ {' '.join(step.command)}", flush=True)
     started = time.perf_counter()
-    result = subprocess.run(step.command, check=False)
+    result = subprocess.run(step.command, check=False, env=env)
     step.seconds = round(time.perf_counter() - started, 1)
     if result.returncode != 0:
         step.status = f"failed (exit {result.returncode})"
@@ -253,15 +266,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per sample")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-window", type=float, default=5.0, help="FAD window seconds")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per step process")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    steps = build_steps(args)
+    steps, env = build_steps(args), step_env(args.threads)
     for step in steps:
-        run_step(step)
+        run_step(step, env)
     prompts = pick_prompts(Path(args.demo) / "heldout")
     for step in (sample_step(args, prompts), eval_step(args)):
         steps.append(step)
-        run_step(step)
+        run_step(step, env)
     report = summary(args, steps, prompts)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     path = Path(args.runs) / "demo-summary.json"

@@ -13,7 +13,7 @@ from musiclm.sampling import demo
 def args_for(tmp_path):
     return argparse.Namespace(
         demo=str(tmp_path / "demo"), runs=str(tmp_path / "runs"), size="small",
-        time_scale=2.0, seconds=10.0, seed=0, eval_window=5.0,
+        time_scale=2.0, seconds=10.0, seed=0, eval_window=5.0, threads=1,
     )  # fmt: skip
 
 
@@ -69,6 +69,16 @@ def test_a_step_with_outputs_is_skipped_and_a_failure_stops_the_demo(tmp_path, c
     marked = demo.Step("z", [sys.executable, "-c", "print('hi')"], tmp_path / "z" / "mark", True)
     demo.run_step(marked)
     assert marked.status == "done" and json.loads(marked.output.read_text())["seconds"] >= 0
+
+
+def test_steps_run_with_one_torch_thread_by_default(tmp_path):
+    check = "import os, sys; sys.exit(0 if os.environ['OMP_NUM_THREADS'] == '1' else 5)"
+    step = demo.Step("threads", [sys.executable, "-c", check], tmp_path / "mark", True)
+    demo.run_step(step, demo.step_env(1))
+    assert step.status == "done"
+    again = demo.Step("threads", [sys.executable, "-c", check], tmp_path / "other", True)
+    with pytest.raises(SystemExit, match="exit code 5"):
+        demo.run_step(again, demo.step_env(2))
 
 
 def test_prompts_come_from_different_sources(tmp_path):

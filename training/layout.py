@@ -10,12 +10,12 @@ segments and its target segment): nothing here depends on a stage's name.
 Vocabulary of a stage (ids in this order; a stream the stage does not use is empty)::
 
     0 PAD   1 START   2 SEP
-    null ids: one per level of each droppable conditioning segment (MuLan: L of them)
+    null ids: one per level of the droppable conditioning segment (MuLan: L of them)
     then, per stream in registry order (mulan, semantic, acoustic), levels 0 .. the
     highest level any of the stage's segments uses, ``codebook_size`` ids each:
-    mulan level l, code c:    mulan_offset + l * mulan_codebook_size + c
-    semantic id s:            semantic_offset + s
-    acoustic level q, code c: acoustic_offset + q * acoustic_codebook_size + c (q 0-based)
+    mulan level l, code c:    offset("mulan") + l * mulan_codebook_size + c
+    semantic id s:            offset("semantic") + s
+    acoustic level q, code c: offset("acoustic") + q * acoustic_codebook_size + c (q 0-based)
 
 Sequences: ``START``, the conditioning segments separated by ``SEP``, ``SEP``, the target
 segment. A stream with a level axis and a time axis is flattened time-major (t0q1 t0q2
@@ -74,25 +74,32 @@ class TokenLayout:
     def uses_mulan(self) -> bool:
         """Whether the stage has droppable conditioning (the MuLan tokens), which condition
         dropout and guidance replace by null tokens."""
-        return self.declaration.guided
+        return self.droppable is not None
+
+    @functools.cached_property
+    def droppable(self) -> Segment | None:
+        """The conditioning segment that null tokens replace (MuLan), or None (fine)."""
+        found = [s for s in self.declaration.conditioning if s.source.droppable]
+        if len(found) > 1 or (found and not found[0].source.per_clip(self.spec)):
+            raise ValueError(
+                f"the {self.stage} stage declares {len(found)} droppable segments; the layout "
+                "supports one, without a time axis"
+            )
+        return found[0] if found else None
 
     @functools.cached_property
     def _blocks(self) -> dict[str, int]:
-        """``{"null": first null id, <stream>: first id of the stream's level 0}``, plus
-        ``"end"`` (the vocabulary size); ``"null:<segment>"`` for each droppable segment."""
-        stage, blocks, offset = self.declaration, {}, NUM_SPECIALS
-        blocks["null"] = offset
-        for segment in stage.conditioning:
-            if segment.source.droppable:
-                blocks[f"null:{segment.name}"] = offset
-                offset += segment.num_levels(self.spec)
+        """``{"null": first null id, <stream>: first id of the stream's level 0, "end":
+        vocabulary size}``."""
+        stage, spec = self.declaration, self.spec
+        blocks = {"null": NUM_SPECIALS}
+        offset = NUM_SPECIALS + (self.droppable.num_levels(spec) if self.droppable else 0)
         segments = (*stage.conditioning, stage.target)
         for name, stream in STREAMS.items():
             blocks[name] = offset
-            used = [s.level_range(self.spec)[1] for s in segments if s.stream == name]
-            offset += max(used, default=0) * stream.codebook_size(self.spec)
-        blocks["end"] = offset
-        return blocks
+            used = [s.level_range(spec)[1] for s in segments if s.stream == name]
+            offset += max(used, default=0) * stream.codebook_size(spec)
+        return blocks | {"end": offset}
 
     def offset(self, stream: str) -> int:
         """First id of level 0 of ``stream`` (a name in the registry's ``STREAMS``)."""
@@ -101,18 +108,6 @@ class TokenLayout:
     @property
     def null_offset(self) -> int:
         return self._blocks["null"]
-
-    @property
-    def mulan_offset(self) -> int:
-        return self.offset("mulan")
-
-    @property
-    def semantic_offset(self) -> int:
-        return self.offset("semantic")
-
-    @property
-    def acoustic_offset(self) -> int:
-        return self.offset("acoustic")
 
     @property
     def vocab_size(self) -> int:
@@ -204,17 +199,10 @@ class TokenLayout:
     @property
     def conditioning_positions(self) -> slice:
         """Positions of the droppable conditioning (the MuLan tokens) in every sequence
-        (empty for the fine stage). A stage has at most one droppable segment, without a
-        time axis, so it sits at the same positions whatever the crop."""
-        droppable = [s for s in self.declaration.conditioning if s.source.droppable]
-        if not droppable:
+        (empty for the fine stage); without a time axis, the same for every crop."""
+        if self.droppable is None:
             return slice(1, 1)
-        if len(droppable) > 1 or not droppable[0].source.per_clip(self.spec):
-            raise ValueError(
-                f"the {self.stage} stage declares {len(droppable)} droppable segments; the "
-                "layout supports one without a time axis"
-            )
-        return self.segment_positions(droppable[0].name, 0)
+        return self.segment_positions(self.droppable.name, 0)
 
     # ----- token ids from streams ---------------------------------------------------------
     def segment_tokens(self, segment: Segment, values: torch.Tensor) -> torch.Tensor:
@@ -230,38 +218,24 @@ class TokenLayout:
         size = source.codebook_size(spec)
         levels = torch.arange(first, first + n, device=values.device) * size
         base = self.offset(segment.stream)
+        self._check_shape(segment, values)
         if source.per_clip(spec):
-            self._check_shape(values, (n,), segment.name)
             return values.long() + base + levels
         if not source.level_axis:
-            self._check_shape(values, (None,), segment.name)
             return values.long() + base
-        self._check_shape(values, (n, None), segment.name)
         ids = values.long() + base + levels[None, :, None]
         return ids.transpose(1, 2).reshape(values.shape[0], -1)
 
-    def mulan_tokens(self, mulan: torch.Tensor) -> torch.Tensor:
-        """MuLan codes ``[B, L]`` -> vocabulary ids ``[B, L]``."""
-        return self.segment_tokens(self._conditioning("mulan"), mulan)
-
-    def semantic_tokens(self, semantic: torch.Tensor) -> torch.Tensor:
-        """Semantic ids ``[B, T_s]`` -> vocabulary ids ``[B, T_s]``."""
-        return self.segment_tokens(self._segment("semantic"), semantic)
-
     def null_tokens(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The null conditioning ``[B, n]`` that replaces every droppable segment (guidance)."""
-        self._need(self.uses_mulan, "null conditioning")
-        ids = [
-            torch.arange(s.num_levels(self.spec), device=device) + self._blocks[f"null:{s.name}"]
-            for s in self.declaration.conditioning
-            if s.source.droppable
-        ]
-        return torch.cat(ids).expand(batch, -1).clone()
+        """The null conditioning ``[B, n]`` that replaces the droppable segment (guidance)."""
+        self._need(self.droppable is not None, "null conditioning")
+        ids = torch.arange(self.droppable.num_levels(self.spec), device=device) + self.null_offset
+        return ids.expand(batch, -1).clone()
 
     def select(self, segment: Segment, streams: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The segment's part of whole streams (``{"acoustic": [B, Q, T_a], ...}``, as the
         shards hold them): its levels of a stream with a level axis and a time axis."""
-        self._need(streams.get(segment.stream) is not None, self._describe(segment, segment.stream))
+        self._need(streams.get(segment.stream) is not None, f"{segment.stream} tokens")
         values = streams[segment.stream]
         source = segment.source
         if source.level_axis and not source.per_clip(self.spec):
@@ -286,16 +260,14 @@ class TokenLayout:
         self._need(bool(given), f"its conditioning ({names})")
         batch, device = given[0].shape[0], given[0].device
         body: list[torch.Tensor] = []
-        nulls = self.null_tokens(batch, device) if self.uses_mulan else None
         for segment in self.declaration.conditioning:
             if body:
                 body.append(self._fill(batch, SEP, device))
             value = segments.get(segment.name)
-            if segment.source.droppable and (null or value is None):
-                where = self._blocks[f"null:{segment.name}"] - self.null_offset
-                body.append(nulls[:, where : where + segment.num_levels(self.spec)])
+            if segment is self.droppable and (null or value is None):
+                body.append(self.null_tokens(batch, device))
                 continue
-            self._need(value is not None, self._describe(segment, segment.name))
+            self._need(value is not None, segment.describe(self.spec))
             body.append(self.segment_tokens(segment, value))
         start = self._fill(batch, START, device)
         return torch.cat([start, *body, self._fill(batch, SEP, device)], dim=1)
@@ -417,39 +389,16 @@ class TokenLayout:
         return layout
 
     # ----- helpers ------------------------------------------------------------------------
-    def _segment(self, name: str) -> Segment:
-        stage = self.declaration
-        for segment in (*stage.conditioning, stage.target):
-            if segment.name == name:
-                return segment
-        raise ValueError(f"the {self.stage} stage needs no {name} tokens")
-
-    def _conditioning(self, name: str) -> Segment:
-        segment = self._segment(name)
-        self._need(segment in self.declaration.conditioning, f"{name} as conditioning")
-        return segment
-
-    def _describe(self, segment: Segment, name: str) -> str:
-        source = segment.source
-        if source.per_clip(self.spec):
-            return f"{name} [B, {source.levels(self.spec)}]"
-        if not source.level_axis:
-            return f"{name} [B, T]"
-        levels = segment.num_levels(self.spec) if name == segment.name else "Q"
-        return f"{name} [B, {levels}, T]"
-
     def _need(self, ok: bool, what: str) -> None:
         if not ok:
             raise ValueError(f"the {self.stage} stage needs {what}")
 
-    def _check_shape(self, values: torch.Tensor, shape: tuple[int | None, ...], name: str):
-        inner = tuple(values.shape[1:])
-        ok = len(inner) == len(shape) and all(
-            w is None or w == n for w, n in zip(shape, inner, strict=True)
-        )
-        if not ok:
-            want = ", ".join("T" if w is None else str(w) for w in shape)
-            raise ValueError(f"{name} must be [B, {want}], got {tuple(values.shape)}")
+    def _check_shape(self, segment: Segment, values: torch.Tensor) -> None:
+        shape, inner = segment.shape(self.spec), tuple(values.shape[1:])
+        if len(inner) != len(shape) or any(
+            d is not None and d != n for d, n in zip(shape, inner, strict=True)
+        ):
+            raise ValueError(f"{segment.describe(self.spec)} expected, got {tuple(values.shape)}")
 
     def _check_levels(self, codes: torch.Tensor, levels: int, name: str) -> None:
         if codes.ndim != 3 or codes.shape[1] < levels:

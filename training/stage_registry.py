@@ -112,6 +112,18 @@ class Segment:
         first, stop = self.level_range(spec)
         return stop - first
 
+    def shape(self, spec: TokenSpec) -> tuple[int | None, ...]:
+        """Shape of the segment's codes after the batch axis (None: the time axis)."""
+        n = self.num_levels(spec)
+        if self.source.per_clip(spec):
+            return (n,)
+        return (n, None) if self.source.level_axis else (None,)
+
+    def describe(self, spec: TokenSpec) -> str:
+        """``"coarse [B, 4, T]"``: the segment's name and shape, for error messages."""
+        dims = ", ".join("T" if d is None else str(d) for d in self.shape(spec))
+        return f"{self.name} [B, {dims}]"
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:

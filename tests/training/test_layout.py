@@ -65,7 +65,7 @@ def test_coarse_is_time_major_and_semantic_is_prefix():
     s = streams(batch=1)
     tokens, levels = layout.build(**s)
     prefix = layout.prefix_length(4)
-    a = layout.acoustic_offset
+    a = layout.offset("acoustic")
     # t0q1 t0q2 t1q1 t1q2 ...
     expected = [
         a + s["acoustic"][0, 0, 0],
@@ -74,7 +74,7 @@ def test_coarse_is_time_major_and_semantic_is_prefix():
     ]
     assert tokens[0, prefix : prefix + 3].tolist() == [int(x) for x in expected]
     assert levels[0, prefix : prefix + 4].tolist() == [0, 1, 0, 1]
-    sem = tokens[0, 1 + 3 + 1 : 1 + 3 + 1 + 4] - layout.semantic_offset
+    sem = tokens[0, 1 + 3 + 1 : 1 + 3 + 1 + 4] - layout.offset("semantic")
     assert torch.equal(sem, s["semantic"][0])
 
 
@@ -102,7 +102,7 @@ def test_null_conditioning_and_drop():
         layout.prefix(mulan=None, semantic=s["semantic"])[:, 1:4], nulls.expand(2, -1)
     )
     # nulls are their own ids, not any MuLan code
-    assert nulls.max() < layout.mulan_offset
+    assert nulls.max() < layout.offset("mulan")
 
 
 def test_prompt_with_target_prefix_continues_the_sequence():

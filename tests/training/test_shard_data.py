@@ -53,7 +53,9 @@ def test_coarse_batches_hold_aligned_crops(counting_dataset):
     batch = next(iter(data.train_dataloader()))
     prefix = layout.prefix_length(data.crop_frames)
     assert batch["tokens"].shape == (4, layout.sequence_length(data.crop_frames))
-    semantic = batch["tokens"][:, 1 + 3 + 1 : 1 + 3 + 1 + data.crop_frames] - layout.semantic_offset
+    semantic = batch["tokens"][:, 1 + 3 + 1 : 1 + 3 + 1 + data.crop_frames] - layout.offset(
+        "semantic"
+    )
     coarse = layout.parse_targets(batch["tokens"][:, prefix:])  # [B, Qc, T_a]
     assert coarse.shape == (4, 2, 2 * data.crop_frames)
     assert torch.equal(coarse[:, 0, ::2] % 32, semantic % 32)
@@ -66,7 +68,7 @@ def test_fine_batches_condition_on_coarse_levels_of_the_same_frames(counting_dat
     batch = next(iter(data.train_dataloader()))
     frames = 2 * data.crop_frames
     coarse_flat = batch["tokens"][:, 1 : 1 + frames * 2]
-    coarse = (coarse_flat.reshape(2, frames, 2) - layout.acoustic_offset) % 32
+    coarse = (coarse_flat.reshape(2, frames, 2) - layout.offset("acoustic")) % 32
     fine = layout.parse_targets(batch["tokens"][:, layout.prefix_length(data.crop_frames) :])
     assert torch.equal(fine[:, 0], coarse[:, :, 0])
 

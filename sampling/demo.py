@@ -114,7 +114,7 @@ def build_steps(args: argparse.Namespace) -> list[Step]:
             "--data.root", str(demo / "train"),
             "--trainer.default_root_dir", str(runs / "tokenizers" / name),
             "--trainer.max_time", max_time(budget[name]),
-            "--ckpt_path", "last",
+            "--ckpt_path", "last", "--seed_everything", str(args.seed),
         )  # fmt: skip
         model = runs / "tokenizers" / name / "model"
         steps.append(Step(f"tokenizer {name}", command, model / "config.json"))
@@ -139,7 +139,7 @@ def build_steps(args: argparse.Namespace) -> list[Step]:
             "--data.root", str(tokens / "train"),
             "--trainer.default_root_dir", str(runs / stage),
             "--trainer.max_time", max_time(budget[f"stage-{stage}"]),
-            "--ckpt_path", "last",
+            "--ckpt_path", "last", "--seed_everything", str(args.seed),
         )  # fmt: skip
         steps.append(Step(f"stage {stage}", command, runs / stage / DONE_MARK, mark_done=True))
         report = runs / "eval" / f"stage-{stage}.json"
@@ -264,7 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default="small", help="config size: tiny | small | paper")
     parser.add_argument("--time-scale", type=float, default=1.0, help="x training budgets")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per sample")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of every training and of sampling"
+    )
     parser.add_argument("--eval-window", type=float, default=5.0, help="FAD window seconds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per step process")
     args = parser.parse_args(argv)

@@ -39,6 +39,7 @@ def test_steps_cover_the_pipeline_with_budgets_and_resume(tmp_path):
     budget = demo.BUDGET_MINUTES["stage-coarse"] * 2.0
     assert coarse[coarse.index("--trainer.max_time") + 1] == demo.max_time(budget)
     assert coarse[coarse.index("--ckpt_path") + 1] == "last"  # a rerun resumes
+    assert coarse[coarse.index("--seed_everything") + 1] == "0"  # --seed seeds every training
     # each stage is scored on the held-out tokens against the training split's unigram model
     scored = steps[names.index("evaluate stage coarse")]
     assert scored.command[3:5] == [str(tmp_path / "runs" / "coarse"), "--heldout"]

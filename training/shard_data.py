@@ -59,7 +59,7 @@ from musiclm.training.shard_order import (
     batches_read,
     heldout_shards,
 )
-from musiclm.training.stage_registry import get_stage
+from musiclm.training.stage_registry import STREAMS, get_stage
 
 FINGERPRINT_KEYS = ("fingerprint", "bundle_fingerprint", "bundle")
 SPEC_KEYS = ("spec", "token_spec")
@@ -130,22 +130,25 @@ def shard_keys(root: str | Path, values: list[Any]) -> set[str]:
 def crop_streams(
     sample: Mapping[str, Any], frames: int, spec: TokenSpec, random_start: bool
 ) -> dict[str, np.ndarray]:
-    """Aligned crop of ``frames`` semantic frames: ``semantic [n]``, ``acoustic [Q, n * r]``.
+    """Aligned crop of ``frames`` semantic frames of every token stream of the registry
+    that ``sample`` holds: ``mulan [L]`` whole, ``semantic [n]``, ``acoustic [Q, n * r]``.
 
-    ``r = spec.acoustic_per_semantic``; the start is uniform over valid semantic frames
-    (or 0 when ``random_start`` is false); clips shorter than ``frames`` are kept whole.
+    A stream at ``r`` frames per semantic frame (``acoustic_per_semantic`` for acoustic) is
+    cut at ``[start * r, (start + n) * r)``; one without a time axis is kept whole. The
+    start is uniform over valid semantic frames (or 0 when ``random_start`` is false);
+    clips shorter than ``frames`` are kept whole.
     """
-    semantic, acoustic = sample["semantic"], sample["acoustic"]
-    n = min(frames, semantic.shape[0])
+    length = sample["semantic"].shape[0]  # semantic frames: the clock of every stream
+    n = min(frames, length)
     start = 0
-    if random_start and semantic.shape[0] > n:
-        start = int(torch.randint(0, semantic.shape[0] - n + 1, ()).item())
-    r = spec.acoustic_per_semantic
-    return {
-        "mulan": sample["mulan"],
-        "semantic": semantic[start : start + n],
-        "acoustic": acoustic[:, start * r : (start + n) * r],
-    }
+    if random_start and length > n:
+        start = int(torch.randint(0, length - n + 1, ()).item())
+    crop = {}
+    for name, stream in STREAMS.items():
+        if name in sample:
+            r = stream.frames_per_semantic(spec)
+            crop[name] = sample[name] if r == 0 else sample[name][..., start * r : (start + n) * r]
+    return crop
 
 
 class SampleDecoder:

@@ -42,8 +42,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from musiclm.training.stage_registry import STAGES
+
 TOKENIZERS = ("soundstream", "semantic", "mulan")
-STAGES = ("semantic", "coarse", "fine")
 # Wall-clock minutes per training step at --time-scale 1 (2 idle cores, ~30-minute demo).
 # Each run's LR schedule ends with its budget (musiclm.training.schedule), so a longer
 # --time-scale trains longer at the same schedule shape. The stages are narrow (d=128) so

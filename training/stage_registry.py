@@ -15,9 +15,12 @@ stage's vocabulary and sequences from its segments; the data and Lightning modul
 training CLI's entries, the sampler (stage order = generation order), its CLI flags,
 ``stage_eval`` and the demo driver iterate over :data:`STAGES`.
 
-Adding a stage is one :class:`Stage` in :data:`STAGES` (plus its configs folder). Adding a
-conditioning stream (e.g. melody tokens) is one :class:`Stream` in :data:`STREAMS`, the
-:class:`Segment` in the stages that read it, and its shard field in the token contract.
+Adding a stage is one :class:`Stage` in :data:`STAGES` (plus its configs folder and its
+demo budget). Adding a conditioning stream (e.g. melody tokens) is one :class:`Stream` in
+:data:`STREAMS` and a :class:`Segment` in the stages that read it, plus its shard field
+in the token contract (and, to sample, where the sampler gets its tokens at inference,
+as it gets the MuLan text tokens). ``tests/training/test_stage_registry.py`` declares
+both and trains nothing else.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ demo budget). Adding a conditioning stream (e.g. melody tokens) is one :class:`S
 :data:`STREAMS` and a :class:`Segment` in the stages that read it, plus its shard field
 in the token contract (and, to sample, where the sampler gets its tokens at inference,
 as it gets the MuLan text tokens). ``tests/training/test_stage_registry.py`` declares
-both and trains nothing else.
+both and changes nothing else.
 """
 
 from __future__ import annotations

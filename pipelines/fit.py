@@ -34,11 +34,11 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import RunInference
 from musiclm.pipelines.clips import Clip, ClipConfig
+from musiclm.pipelines.decode import DecodeClips, decode_failure
 from musiclm.pipelines.model_handlers import EmbeddingHandler, FeaturesHandler
 from musiclm.pipelines.runner import clip_failure, pipeline_options
 from musiclm.pipelines.shards import join, read_bytes, write_bytes
 from musiclm.pipelines.sources import SourceRecord, read_sources
-from musiclm.pipelines.tokenize import DecodeClips, decode_failure
 from musiclm.tokenizers.audio import DEFAULT_MAX_MISSING_SECONDS
 from musiclm.tokenizers.bundle import COMPONENTS, load_component, write_bundle_manifest
 from musiclm.tokenizers.contract import TokenSpec

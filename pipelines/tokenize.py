@@ -38,9 +38,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import RunInference
-from musiclm.pipelines.clips import Clip, ClipConfig, iter_clips
+from musiclm.pipelines.clips import Clip, ClipConfig
+from musiclm.pipelines.decode import FRAMES_TAG, DecodeClips, decode_failure
 from musiclm.pipelines.model_handlers import (
-    METRICS_NAMESPACE,
     AcousticHandler,
     ClipHandler,
     MulanHandler,
@@ -50,7 +50,6 @@ from musiclm.pipelines.model_handlers import (
 from musiclm.pipelines.progress import ProgressPrinter, ReportProgress
 from musiclm.pipelines.runner import (
     clip_failure,
-    error_text,
     inference_failures,
     is_local,
     pipeline_options,
@@ -69,14 +68,13 @@ from musiclm.pipelines.shards import (
     write_shard,
 )
 from musiclm.pipelines.sources import SourceRecord, read_sources
-from musiclm.tokenizers.audio import DEFAULT_MAX_MISSING_SECONDS, DecodeStats
+from musiclm.tokenizers.audio import DEFAULT_MAX_MISSING_SECONDS
 from musiclm.tokenizers.bundle import read_bundle_manifest
 from musiclm.tokenizers.contract import DATASET_FILE, TokenSpec, fingerprint_files, shard_index
 
 log = logging.getLogger(__name__)
 
 PENDING_FILE = "pending-sources.jsonl"
-FRAMES_TAG = "frames"
 
 
 @dataclasses.dataclass
@@ -118,35 +116,6 @@ def default_num_shards(num_sources: int, sources_per_shard: int, min_shards: int
     """Enough shards for ``sources_per_shard`` sources each, at least ``min_shards``."""
     wanted = max(min_shards, math.ceil(num_sources / max(1, sources_per_shard)))
     return max(1, min(num_sources, wanted))
-
-
-class DecodeClips(beam.DoFn):
-    """SourceRecord -> its clips (decoded, resampled, cut; see :mod:`~musiclm.pipelines.clips`).
-
-    With ``report_frames``, each decoded source also gives ``(key, header_frames,
-    decoded_frames)`` on the ``frames`` output (native frames, once its last clip is out).
-    """
-
-    def __init__(self, spec: TokenSpec, config: ClipConfig, report_frames: bool = False) -> None:
-        self.spec, self.config, self.report_frames = spec, config, report_frames
-
-    def process(self, record: SourceRecord) -> Iterator[Any]:
-        stats = DecodeStats()
-        yield from iter_clips(record, self.spec, self.config, stats)
-        beam.metrics.Metrics.counter(METRICS_NAMESPACE, "decoded_sources").inc()
-        if self.report_frames:
-            frames = (record.key, stats.header_frames, stats.decoded_frames)
-            yield beam.pvalue.TaggedOutput(FRAMES_TAG, frames)
-
-
-def decode_failure(item: tuple[SourceRecord, tuple[Any, str, list[str]]]) -> dict[str, str]:
-    record, dead = item
-    return {
-        "source": record.key,
-        "path": record.path,
-        "step": "decode",
-        "error": error_text(record.path, dead),
-    }
 
 
 class WriteShard(beam.DoFn):

@@ -45,8 +45,6 @@ KNOWN = {
     # issue 12: the dataset source readers move below training (into tokenizers/)
     ("training/audio_data.py", "musiclm.pipelines.sources"),
     ("training/mulan_eval.py", "musiclm.pipelines.sources"),
-    # issue 12: DecodeClips / decode_failure move out of tokenize.py into a shared module
-    ("pipelines/fit.py", "musiclm.pipelines.tokenize"),
 }
 
 

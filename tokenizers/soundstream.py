@@ -18,6 +18,7 @@ Shapes (``hop = prod(strides)``, ``Q = num_levels``)::
 ``decode(encode(x))[..., :N]`` has the input's length. A saved codec is a directory
 with ``config.json`` (``"kind": "soundstream"`` plus the constructor arguments) and
 ``model.pt`` (a state dict, read with ``torch.load(..., weights_only=True)``).
+It implements :class:`~musiclm.tokenizers.codec.Codec` (windowed coding of long audio there).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from musiclm.tokenizers.codec import Codec
 from musiclm.tokenizers.mel_frontend import LogMelBranch
 from musiclm.tokenizers.rvq import QuantizerOutput, ResidualVectorQuantizer
 from musiclm.tokenizers.saved_config import CONFIG_FILE, read_saved_config
@@ -40,7 +42,7 @@ KIND = "soundstream"
 WEIGHTS_FILE = "model.pt"
 
 
-class SoundStream(nn.Module):
+class SoundStream(Codec):
     """Causal convolutional codec with a residual vector quantizer.
 
     Args:
@@ -62,6 +64,8 @@ class SoundStream(nn.Module):
             units predict STFT frames, inverted by overlap-add; far cheaper on a CPU).
         decoder_width, decoder_blocks: the STFT decoder's channels and residual groups.
     """
+
+    kind = KIND
 
     def __init__(
         self,

@@ -12,6 +12,9 @@ Each component directory holds a ``config.json`` whose ``"kind"`` names the clas
 loads it (see :data:`COMPONENT_KINDS`). The fingerprint is a content hash of every file
 and of the spec (:func:`musiclm.tokenizers.contract.fingerprint_files`): shards and stage
 checkpoints record it, and trainers and the sampler refuse a mismatch.
+
+:func:`load_codec` opens an acoustic codec (:class:`~musiclm.tokenizers.codec.Codec`) from a
+saved codec directory or from a bundle root (its ``codec/``), and refuses any other kind.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from musiclm.tokenizers.codec import Codec
 from musiclm.tokenizers.contract import BUNDLE_FILE, TokenSpec, fingerprint_files
 from musiclm.tokenizers.saved_config import CONFIG_FILE
 
@@ -48,7 +52,7 @@ class TokenizerBundle:
     root: Path
     spec: TokenSpec
     fingerprint: str
-    codec: Any
+    codec: Codec
     semantic: Any
     mulan: Any
 
@@ -69,15 +73,35 @@ def component_class(kind: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def load_component(directory: str | Path, device: str = "cpu") -> Any:
-    """Load one saved tokenizer component (its ``config.json`` names its kind)."""
+def load_component(directory: str | Path, device: str = "cpu", base: type | None = None) -> Any:
+    """Load one saved tokenizer component (its ``config.json`` names its kind).
+
+    With ``base``, a component whose class is not a subclass of it is refused before loading.
+    """
     directory = Path(directory)
     config = directory / CONFIG_FILE
     if not config.is_file():
         raise BundleError(f"{directory} has no config.json: it is not a saved tokenizer")
     kind = json.loads(config.read_text()).get("kind", "")
-    model = component_class(kind).load(directory, device=device)
+    cls = component_class(kind)
+    if base is not None and not issubclass(cls, base):
+        fits = sorted(k for k in COMPONENT_KINDS if issubclass(component_class(k), base))
+        raise BundleError(
+            f"{directory} holds a saved {kind!r} tokenizer, not a {base.__name__} "
+            f"(kinds {fits}); point at the codec directory or a bundle root"
+        )
+    model = cls.load(directory, device=device)
     return model.eval() if hasattr(model, "eval") else model
+
+
+def load_codec(path: str | Path, device: str = "cpu") -> Codec:
+    """The acoustic codec saved at ``path``: a codec directory or a bundle root with ``codec/``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"codec directory {path} does not exist")
+    if not (path / CONFIG_FILE).is_file() and (path / "codec" / CONFIG_FILE).is_file():
+        path = path / "codec"
+    return load_component(path, device=device, base=Codec)
 
 
 def write_bundle_manifest(root: str | Path, spec: TokenSpec, configs: dict[str, Any]) -> str:
@@ -121,7 +145,8 @@ def load_bundle(root: str | Path, device: str = "cpu", verify: bool = True) -> T
                 f"the files of bundle {root} changed since it was written (fingerprint "
                 f"{actual}, bundle.json says {manifest['fingerprint']}); rebuild it"
             )
-    parts = {c: load_component(root / c, device=device) for c in COMPONENTS}
+    bases = {"codec": Codec}
+    parts = {c: load_component(root / c, device, bases.get(c)) for c in COMPONENTS}
     return TokenizerBundle(
         root=root,
         spec=TokenSpec.from_dict(manifest["spec"]),

@@ -13,8 +13,9 @@ length when the sidecar is there. ``--codec`` is a saved codec directory (its
 ``config.json`` names the kind) or a tokenizer bundle (its ``codec/`` is used).
 
 Long files are coded in windows of ``--window-seconds`` (default 30 s, a whole number of
-frames), each with 1 s of context before it, so memory stays flat and SoundStream's codes
-and audio equal those of coding the whole file at once.
+frames), each with 1 s of context before it (:meth:`Codec.encode_windowed
+<musiclm.tokenizers.codec.Codec.encode_windowed>`), so memory stays flat and SoundStream's
+codes and audio equal those of coding the whole file at once.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from musiclm.tokenizers.audio import AudioError
-from musiclm.tokenizers.bundle import BundleError
-from musiclm.tokenizers.codec_io import decode_codes, encode_file, load_codec
+import torch
+from musiclm.tokenizers.audio import AudioError, load_audio
+from musiclm.tokenizers.bundle import BundleError, load_codec
+from musiclm.tokenizers.contract import TOKEN_DTYPE
 
 
 def _sidecar(path: Path) -> Path:
@@ -37,7 +39,11 @@ def _sidecar(path: Path) -> Path:
 
 def _encode(args: argparse.Namespace) -> None:
     codec = load_codec(args.codec, args.device)
-    codes, samples = encode_file(codec, args.input, args.levels, args.window_seconds)
+    wav = load_audio(args.input, codec.sample_rate)
+    codes = codec.encode_windowed(wav[None, None], args.levels, args.window_seconds)[0].numpy()
+    if codes.max(initial=0) > np.iinfo(TOKEN_DTYPE).max:
+        raise ValueError(f"codes do not fit {np.dtype(TOKEN_DTYPE)}")
+    codes = codes.astype(TOKEN_DTYPE)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     np.save(output, codes, allow_pickle=False)
@@ -45,7 +51,7 @@ def _encode(args: argparse.Namespace) -> None:
         "input": str(args.input),
         "sample_rate": codec.sample_rate,
         "hop": codec.hop,
-        "samples": samples,
+        "samples": wav.numel(),
         "levels": int(codes.shape[0]),
         "frames": int(codes.shape[1]),
     }
@@ -64,7 +70,14 @@ def _decode(args: argparse.Namespace) -> None:
         raise ValueError(
             f"{source} has codes outside [0, {codec.codebook_size}): made by another codec?"
         )
-    wav = decode_codes(codec, codes, args.levels, args.window_seconds)
+    if codes.ndim != 2:
+        raise ValueError(f"{source} holds codes of shape {codes.shape}, not [levels, frames]")
+    if args.levels is not None:
+        if not 1 <= args.levels <= codes.shape[0]:
+            raise ValueError(f"--levels must be in 1..{codes.shape[0]} for these codes")
+        codes = codes[: args.levels]
+    tensor = torch.from_numpy(codes.astype(np.int64))[None]
+    wav = codec.decode_windowed(tensor, args.window_seconds)[0, 0].numpy()
     sidecar = _sidecar(source)
     if sidecar.is_file():
         wav = wav[: json.loads(sidecar.read_text())["samples"]]

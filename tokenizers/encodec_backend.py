@@ -1,4 +1,7 @@
-"""EnCodec as the acoustic codec: a ``transformers`` ``EncodecModel`` behind SoundStream's interface.
+"""EnCodec as the acoustic codec: a ``transformers`` ``EncodecModel`` behind the codec interface.
+
+:class:`EncodecCodec` implements :class:`~musiclm.tokenizers.codec.Codec` (so windowed coding
+of long audio, ``frame_rate`` and ``device`` come from there).
 
 For a user who has EnCodec weights on disk (e.g. a local copy of ``facebook/encodec_24khz``
 made with ``save_pretrained``) and wants acoustic tokens without training a codec. Nothing
@@ -31,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from musiclm.tokenizers.codec import Codec
+from musiclm.tokenizers.contract import TokenSpec
 from musiclm.tokenizers.saved_config import CONFIG_FILE, read_saved_config
 from torch import nn
 
@@ -38,8 +43,10 @@ KIND = "encodec"
 MODEL_DIR = "model"
 
 
-class EncodecCodec(nn.Module):
+class EncodecCodec(Codec):
     """A mono, unnormalized EnCodec model (the 24 kHz kind) with ``num_levels`` RVQ levels."""
+
+    kind = KIND
 
     def __init__(self, model: Any, num_levels: int | None = None) -> None:
         super().__init__()
@@ -135,12 +142,8 @@ class EncodecCodec(nn.Module):
         return cls.from_pretrained(directory / MODEL_DIR, config["num_levels"], device).eval()
 
 
-def check_codec_spec(codec: Any, spec: Any) -> None:
-    """Raise ``ValueError`` naming each mismatch between a codec and a token spec.
-
-    ``codec`` has ``sample_rate``, ``hop``, ``num_levels`` and ``codebook_size`` (SoundStream
-    or EnCodec); ``spec`` is a :class:`~musiclm.tokenizers.contract.TokenSpec`.
-    """
+def check_codec_spec(codec: Codec, spec: TokenSpec) -> None:
+    """Raise ``ValueError`` naming each mismatch between a codec's rates and sizes and a token spec."""
     problems = spec.codec_mismatches(codec)
     if problems:
         raise ValueError(

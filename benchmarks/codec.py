@@ -37,7 +37,7 @@ import torch
 import yaml
 from musiclm.tokenizers.audio import load_audio
 from musiclm.tokenizers.audio_metrics import mel_distance, si_snr
-from musiclm.tokenizers.codec_io import load_codec
+from musiclm.tokenizers.bundle import load_codec
 from musiclm.tokenizers.soundstream import SoundStream
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -180,7 +180,7 @@ class Sampler:
         wav = wav[: frames * self.spec.samples_per_semantic].float()[None]
         with torch.inference_mode():
             semantic = self.bundle.semantic.encode(wav)[:, :frames]
-            codes = self.bundle.codec.encode(wav[:, None])
+            codes = self.bundle.codec.encode(wav[:, None].to(self.bundle.codec.device))
         return semantic.long().cpu(), codes[
             :, :, : frames * self.spec.acoustic_per_semantic
         ].long().cpu()
@@ -317,9 +317,9 @@ class Sampler:
 
     def decode(self, acoustic: torch.Tensor) -> torch.Tensor:
         """RVQ codes ``[B, Q, T_a]`` -> audio ``[B, T_a * hop]`` through the bundle's codec."""
-        device = next(self.bundle.codec.parameters()).device
+        codec = self.bundle.codec
         with torch.inference_mode():
-            return self.bundle.codec.decode(acoustic.to(device))[:, 0].float().cpu()
+            return codec.decode(acoustic.to(codec.device))[:, 0].float().cpu()
 
     def text_audio_scores(self, prompts: list[str], audio: torch.Tensor) -> torch.Tensor:
         """Cosine of each row's audio ``[R, N]`` with its prompt (rows prompt-major) -> ``[R]``."""

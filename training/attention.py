@@ -22,6 +22,9 @@ a few ``[B, H, block_size, T]`` blocks instead of ``[B, H, T, T]`` tensors per l
 ``F.scaled_dot_product_attention`` with a dense ``[1, H, Tq, Tk]`` float mask, which keeps
 SDPA on its math path and stores scores and probabilities of every layer for backward.
 
+Without autograd (inference and KV-cached decoding) each block goes through SDPA's fused
+kernel with its bias block as the mask instead.
+
 Why not FlexAttention: torch 2.11's ``flex_attention`` with a ``score_mod`` refuses
 backward on CPU ("FlexAttention does not support backward on CPU") and has no dropout.
 """
@@ -213,8 +216,34 @@ def biased_causal_attention(
             f"{q.shape[2]} queries, {k.shape[2]} keys and a bias over {distance_bias.shape[1]} "
             "distances: need queries <= keys == distances"
         )
+    inputs = (q, k, v, distance_bias)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
+        return _blocked_sdpa(q, k, v, distance_bias, dropout_p, block_size)
     seed = int(torch.randint(0, 2**62, ())) if dropout_p > 0 else 0
     return _BlockedBiasedAttention.apply(q, k, v, distance_bias, dropout_p, seed, block_size)
+
+
+def _blocked_sdpa(q, k, v, distance_bias, dropout_p: float, block_size: int) -> torch.Tensor:
+    """Without autograd (inference, KV-cached decoding): each block through SDPA's fused
+    kernel with its ``[1, H, rows, keys]`` bias block as the float mask."""
+    rows, keys = q.shape[2], k.shape[2]
+    offset = keys - rows
+    padded = _pad_future(distance_bias.to(q.dtype))
+    blocks = []
+    for start in range(0, rows, block_size):
+        stop = min(start + block_size, rows)
+        end = offset + stop
+        bias = _bias_block(padded, offset + start, offset + stop, end).unsqueeze(0)
+        blocks.append(
+            F.scaled_dot_product_attention(
+                q[:, :, start:stop],
+                k[:, :, :end],
+                v[:, :, :end],
+                attn_mask=bias,
+                dropout_p=dropout_p,
+            )
+        )
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)
 
 
 def dense_biased_attention(

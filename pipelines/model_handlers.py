@@ -38,6 +38,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from musiclm.pipelines.clips import Clip
 from musiclm.pipelines.runner import exception_text
 from musiclm.tokenizers.bundle import load_component
+from musiclm.tokenizers.codec import Codec
 from musiclm.tokenizers.contract import TOKEN_DTYPE
 
 METRICS_NAMESPACE = "musiclm"
@@ -65,6 +66,7 @@ class ClipHandler(ModelHandler[Clip, Clip, Any]):
     """
 
     step = "model"
+    base: type | None = None  # a component of another class is refused (load_component)
 
     def __init__(self, directory: str, batch_size: int = 8, threads: int | None = None) -> None:
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
@@ -74,7 +76,7 @@ class ClipHandler(ModelHandler[Clip, Clip, Any]):
     def load_model(self) -> Any:
         if self.threads:
             torch.set_num_threads(self.threads)
-        return load_component(local_directory(self.directory))
+        return load_component(local_directory(self.directory), base=self.base)
 
     def run_inference(
         self,
@@ -148,8 +150,9 @@ class AcousticHandler(ClipHandler):
     """Acoustic codes: ``codec.encode`` [B, 1, N] -> [B, Q, T_a]."""
 
     step = "acoustic"
+    base = Codec
 
-    def apply(self, model: Any, wav: torch.Tensor) -> dict[str, np.ndarray]:
+    def apply(self, model: Codec, wav: torch.Tensor) -> dict[str, np.ndarray]:
         return {"acoustic": _tokens(model.encode(wav[:, None]))}
 
 

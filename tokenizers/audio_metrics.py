@@ -1,7 +1,10 @@
-"""Codec quality measures: multi-scale mel spectrograms, mel distance, SI-SNR, spectral loss.
+"""Codec quality measures: multi-scale mel spectrograms, mel distance, SI-SNR, spectral loss,
+and a codec's round trip scored at several RVQ level counts.
 
-Shared by the SoundStream trainer (its reconstruction loss), the codec benchmark and the
-evaluation of generated audio. Audio arguments are float waveforms ``[B, N]``,
+The one home of these measures, beside the codec: the SoundStream trainer (its
+reconstruction loss and validation), the codec benchmarks and the evaluation of generated
+audio (:mod:`musiclm.sampling.metrics`, which holds the measures of generated music: FAD,
+tag KL, MuLan cycle consistency, window joins) all use them from here. Audio arguments are float waveforms ``[B, N]``,
 ``[B, 1, N]`` or ``[N]`` at ``sample_rate``; estimate and reference must have the same
 length.
 
@@ -10,15 +13,19 @@ length.
 * :func:`si_snr` -> ``[B]``: scale-invariant signal-to-noise ratio in dB (higher is better).
 * :func:`spectral_reconstruction_loss` -> scalar: SoundStream's multi-scale spectral loss
   (L1 of mel magnitudes plus ``sqrt(s / 2)``-weighted L2 of log mels, per window ``s``).
+* :func:`round_trip` -> :class:`RoundTrip`: audio ``[B, 1, N]`` encoded once, decoded from
+  its first ``q`` levels for each ``q``, with the mel distance and SI-SNR ``[B]`` of each.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 import torchaudio
+from musiclm.tokenizers.codec import Codec
 from torch import nn
 
 SCALES = (64, 128, 256, 512, 1024, 2048)
@@ -142,3 +149,30 @@ def spectral_reconstruction_loss(
         frame_l2 = log_diff.pow(2).sum(1).clamp_min(1e-12).sqrt()  # [B, frames]
         total = total + linear + (scale / 2) ** 0.5 * frame_l2.mean()
     return total / len(mel.scales)
+
+
+@dataclass
+class RoundTrip:
+    """A codec's round trip of audio ``[B, 1, N]`` at several level counts ``q``."""
+
+    codes: torch.Tensor  # int64 [B, Q, T]: all levels, encoded once
+    audio: dict[int, torch.Tensor]  # q -> float [B, 1, N], decoded from the first q levels
+    mel_distance: dict[int, torch.Tensor]  # q -> [B] (lower is better)
+    si_snr: dict[int, torch.Tensor]  # q -> [B] dB (higher is better)
+
+
+@torch.no_grad()
+def round_trip(codec: Codec, wav: torch.Tensor, levels: Sequence[int]) -> RoundTrip:
+    """Encode ``wav [B, 1, N]`` once and score its decodings from the first ``q`` levels.
+
+    Each decoding is trimmed to the input's ``N`` samples; tensors stay on the codec's device.
+    """
+    wav = wav.to(codec.device).float()
+    codes = codec.encode(wav)
+    out = RoundTrip(codes, {}, {}, {})
+    for q in levels:
+        audio = codec.decode(codes[:, :q])[..., : wav.shape[-1]].float()
+        out.audio[q] = audio
+        out.mel_distance[q] = mel_distance(audio, wav, codec.sample_rate)
+        out.si_snr[q] = si_snr(audio, wav)
+    return out

@@ -46,3 +46,23 @@ def test_spectral_loss_is_differentiable_and_zero_at_target():
     loss = spectral_reconstruction_loss(estimate, ref, mel)
     loss.backward()
     assert loss.item() > 1.0 and estimate.grad.abs().sum() > 0
+
+
+def test_round_trip_scores_each_level_count_of_one_encoding():
+    from musiclm.tokenizers.audio_metrics import round_trip
+    from musiclm.tokenizers.soundstream import SoundStream
+
+    torch.manual_seed(0)
+    codec = SoundStream(channels=4, dim=16, num_levels=4).eval()
+    wav = torch.cat([_tone(0.3), 0.5 * _tone(0.3)])[:, None, :7000]  # not whole frames
+    with torch.inference_mode():
+        scored = round_trip(codec, wav, [1, 4])
+        codes = codec.encode(wav)
+        assert torch.equal(scored.codes, codes) and codes.shape == (2, 4, 15)
+        for q in (1, 4):
+            audio = codec.decode(codes[:, :q])[..., :7000]
+            assert scored.audio[q].shape == (2, 1, 7000)
+            torch.testing.assert_close(scored.audio[q], audio)
+            torch.testing.assert_close(scored.mel_distance[q], mel_distance(audio, wav))
+            torch.testing.assert_close(scored.si_snr[q], si_snr(audio, wav))
+    assert sorted(scored.audio) == [1, 4] and scored.mel_distance[1].shape == (2,)

@@ -40,8 +40,7 @@ import soundfile as sf
 import torch
 from musiclm.tokenizers.audio_metrics import (
     MultiScaleMel,
-    mel_distance,
-    si_snr,
+    round_trip,
     spectral_reconstruction_loss,
 )
 from musiclm.tokenizers.rvq import code_statistics
@@ -199,24 +198,19 @@ class SoundStreamModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         wav = self._audio(batch)
         codec = self.codec_ema
-        codes = codec.encode(wav)
+        scored = round_trip(codec, wav, self.val_levels)
         size = wav.shape[0]
-        rate = codec.sample_rate
-        recons = {}
         for levels in self.val_levels:
-            recon = codec.decode(codes[:, :levels])[..., : wav.shape[-1]]
-            recons[levels] = recon
-            mel = mel_distance(recon, wav, rate).mean()
+            mel = scored.mel_distance[levels].mean()
             self.log(f"val/mel_distance_q{levels}", mel, batch_size=size, sync_dist=True)
-            self.log(
-                f"val/si_snr_q{levels}", si_snr(recon, wav).mean(), batch_size=size, sync_dist=True
-            )
+            snr = scored.si_snr[levels].mean()
+            self.log(f"val/si_snr_q{levels}", snr, batch_size=size, sync_dist=True)
         self.log("val/mel_distance", mel, prog_bar=True, batch_size=size, sync_dist=True)
-        usage, perplexity = code_statistics(codes, codec.codebook_size)
+        usage, perplexity = code_statistics(scored.codes, codec.codebook_size)
         self.log("val/codebook_usage", usage.mean(), batch_size=size, sync_dist=True)
         self.log("val/codebook_perplexity", perplexity.mean(), batch_size=size, sync_dist=True)
         if batch_idx == 0 and self.trainer.is_global_zero and self.hparams.media_items > 0:
-            self._write_media(wav[: self.hparams.media_items], recons)
+            self._write_media(wav[: self.hparams.media_items], scored.audio)
 
     def _media_dir(self) -> Path:
         root = self.trainer.log_dir or self.trainer.default_root_dir

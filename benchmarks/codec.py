@@ -36,8 +36,9 @@ import soundfile as sf
 import torch
 import yaml
 from musiclm.tokenizers.audio import load_audio
-from musiclm.tokenizers.audio_metrics import mel_distance, si_snr
+from musiclm.tokenizers.audio_metrics import mel_distance, round_trip, si_snr
 from musiclm.tokenizers.bundle import load_codec
+from musiclm.tokenizers.codec import Codec
 from musiclm.tokenizers.soundstream import SoundStream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,22 +86,16 @@ def heldout_clips(folder: Path, seconds: float, count: int, sample_rate: int) ->
     return torch.stack(clips)[:, None]
 
 
-def codec_quality(codec, clips: torch.Tensor, levels: list[int]) -> dict[str, dict[str, float]]:
+def codec_quality(codec: Codec, clips: torch.Tensor, levels: list[int]) -> dict[str, dict]:
     """{"q1": {"mel_distance", "si_snr"}, ...} of ``codec`` on clips [C, 1, N]."""
-    out = {}
     with torch.inference_mode():
-        codes = codec.encode(clips)
-        for q in levels:
-            recon = codec.decode(codes[:, :q])[..., : clips.shape[-1]]
-            out[f"q{q}"] = _scores(recon, clips, codec.sample_rate)
-    return out
+        scored = round_trip(codec, clips, levels)
+    return {f"q{q}": _means(scored.mel_distance[q], scored.si_snr[q]) for q in levels}
 
 
-def _scores(recon: torch.Tensor, clips: torch.Tensor, sample_rate: int) -> dict[str, float]:
-    return {
-        "mel_distance": round(float(mel_distance(recon, clips, sample_rate).mean()), 4),
-        "si_snr": round(float(si_snr(recon, clips).mean()), 2),
-    }
+def _means(mel: torch.Tensor, snr: torch.Tensor) -> dict[str, float]:
+    """Rounded means over clips of per-clip mel distances and SI-SNRs ``[C]``."""
+    return {"mel_distance": round(float(mel.mean()), 4), "si_snr": round(float(snr.mean()), 2)}
 
 
 def opus_quality(clips: torch.Tensor, sample_rate: int, kbps: float) -> dict[str, float] | str:
@@ -126,7 +121,7 @@ def opus_quality(clips: torch.Tensor, sample_rate: int, kbps: float) -> dict[str
             fitted[: min(len(audio), len(fitted))] = audio[: len(fitted)]
             decoded.append(fitted)
     recon = torch.from_numpy(np.stack(decoded))[:, None]
-    return _scores(recon, clips, sample_rate)
+    return _means(mel_distance(recon, clips, sample_rate), si_snr(recon, clips))
 
 
 def main() -> None:

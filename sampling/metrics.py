@@ -31,7 +31,8 @@ import numpy as np
 import torch
 import torchaudio
 import torchaudio.functional as AF
-from musiclm.tokenizers.audio_metrics import mel_distance, si_snr
+from musiclm.tokenizers.audio_metrics import round_trip
+from musiclm.tokenizers.codec import Codec
 
 
 class AudioEmbedder(Protocol):
@@ -266,7 +267,7 @@ def cycle_consistency(
 
 @torch.inference_mode()
 def codec_round_trip(
-    codec: object,
+    codec: Codec,
     clips: Sequence[torch.Tensor],
     sample_rate: int,
     levels: Sequence[int],
@@ -276,31 +277,29 @@ def codec_round_trip(
 
     Every clip is cut to the same length (``seconds``, or the shortest clip) and the batch
     is encoded once; the codes' first ``q`` levels are decoded for each ``q`` in ``levels``.
-    Uses the codec helpers :func:`~musiclm.tokenizers.audio_metrics.mel_distance` and
-    :func:`~musiclm.tokenizers.audio_metrics.si_snr`; returns their means over clips.
+    The codec's :func:`~musiclm.tokenizers.audio_metrics.round_trip` scores them; this
+    returns the means over clips.
     """
     n = window_length(sample_rate, seconds, clips)
     batch = torch.stack([clip[:n] for clip in clips])[:, None].float()
-    device = next(codec.parameters()).device
-    codes = codec.encode(batch.to(device))
-    out: dict[str, list[float]] = {"levels": list(levels), "mel_distance": [], "si_snr": []}
-    for q in levels:
-        decoded = codec.decode(codes[:, :q]).float().cpu()[..., :n]
-        out["mel_distance"].append(float(mel_distance(decoded, batch, sample_rate).mean()))
-        out["si_snr"].append(float(si_snr(decoded, batch).mean()))
-    return out
+    scored = round_trip(codec, batch, levels)
+    return {
+        "levels": list(levels),
+        "mel_distance": [float(scored.mel_distance[q].mean()) for q in levels],
+        "si_snr": [float(scored.si_snr[q].mean()) for q in levels],
+    }
 
 
 @torch.inference_mode()
 def resynthesize(
-    codec: object, clips: Sequence[torch.Tensor], sample_rate: int, seconds: float = 10.0
+    codec: Codec, clips: Sequence[torch.Tensor], sample_rate: int, seconds: float = 10.0
 ) -> torch.Tensor:
     """``clips`` cut to one length ``n`` (``seconds``, or the shortest clip) and passed
     through the codec at all RVQ levels: ``[B, n]`` (one batched encode and decode)."""
     n = window_length(sample_rate, seconds, clips)
     batch = torch.stack([clip[:n] for clip in clips])[:, None].float()
-    device = next(codec.parameters()).device
-    return codec.decode(codec.encode(batch.to(device))).float().cpu()[:, 0, :n]
+    q = codec.num_levels
+    return round_trip(codec, batch, [q]).audio[q].cpu()[:, 0]
 
 
 def join_discontinuity(

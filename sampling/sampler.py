@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from musiclm.sampling import metrics
 from musiclm.sampling.generate import (
     RowRandom,
     SamplingSettings,
@@ -322,9 +323,9 @@ class Sampler:
             return codec.decode(acoustic.to(codec.device))[:, 0].float().cpu()
 
     def text_audio_scores(self, prompts: list[str], audio: torch.Tensor) -> torch.Tensor:
-        """Cosine of each row's audio ``[R, N]`` with its prompt (rows prompt-major) -> ``[R]``."""
+        """Cosine of each row's audio ``[R, N]`` with its prompt (rows prompt-major) -> ``[R]``:
+        the MuLan cycle consistency of :mod:`musiclm.sampling.metrics`, per row."""
         mulan = self.bundle.mulan
-        text = torch.nn.functional.normalize(mulan.text_embedding(prompts).float(), dim=-1)
-        sound = torch.nn.functional.normalize(mulan.audio_embedding(audio).float(), dim=-1)
-        per_row = text.cpu().repeat_interleave(audio.shape[0] // len(prompts), dim=0)
-        return (per_row * sound.cpu()).sum(dim=-1)
+        text = metrics.text_embeddings(mulan, prompts).cpu()
+        sound = metrics.audio_embeddings(mulan, list(audio)).cpu()
+        return (text.repeat_interleave(audio.shape[0] // len(prompts), dim=0) * sound).sum(dim=-1)

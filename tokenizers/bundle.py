@@ -30,6 +30,8 @@ from musiclm.tokenizers.contract import BUNDLE_FILE, TokenSpec, fingerprint_file
 from musiclm.tokenizers.saved_config import CONFIG_FILE
 
 COMPONENTS = ("codec", "semantic", "mulan")
+# component -> the interface its class must implement (load_component's ``base``)
+COMPONENT_BASES: dict[str, type] = {"codec": Codec}
 
 # kind (config.json "kind") -> "module:Class" with a ``load(directory, device)`` classmethod.
 COMPONENT_KINDS = {
@@ -145,8 +147,7 @@ def load_bundle(root: str | Path, device: str = "cpu", verify: bool = True) -> T
                 f"the files of bundle {root} changed since it was written (fingerprint "
                 f"{actual}, bundle.json says {manifest['fingerprint']}); rebuild it"
             )
-    bases = {"codec": Codec}
-    parts = {c: load_component(root / c, device, bases.get(c)) for c in COMPONENTS}
+    parts = {c: load_component(root / c, device, COMPONENT_BASES.get(c)) for c in COMPONENTS}
     return TokenizerBundle(
         root=root,
         spec=TokenSpec.from_dict(manifest["spec"]),

@@ -21,9 +21,12 @@ import io
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from musiclm.tokenizers.codec import Codec
 
 TOKEN_DTYPE = np.int16
 EMBEDDING_DTYPE = np.float16
@@ -146,9 +149,9 @@ class TokenSpec:
         if problems:
             raise ValueError("sample breaks the token contract: " + "; ".join(problems))
 
-    def codec_mismatches(self, codec: Any) -> list[str]:
-        """Each way an acoustic codec (``sample_rate``, ``hop``, ``num_levels``,
-        ``codebook_size`` attributes: SoundStream or EnCodec) disagrees with this spec."""
+    def codec_mismatches(self, codec: Codec) -> list[str]:
+        """Each way an acoustic codec's ``sample_rate``, ``hop``, ``num_levels`` and
+        ``codebook_size`` disagree with this spec."""
         pairs = (
             ("sample_rate", "sample_rate"),
             ("hop", "acoustic_hop"),

@@ -40,7 +40,13 @@ from musiclm.pipelines.runner import clip_failure, pipeline_options
 from musiclm.pipelines.shards import join, read_bytes, write_bytes
 from musiclm.pipelines.sources import SourceRecord, read_sources
 from musiclm.tokenizers.audio import DEFAULT_MAX_MISSING_SECONDS
-from musiclm.tokenizers.bundle import COMPONENTS, load_component, write_bundle_manifest
+from musiclm.tokenizers.bundle import (
+    COMPONENT_BASES,
+    COMPONENTS,
+    load_component,
+    write_bundle_manifest,
+)
+from musiclm.tokenizers.codec import Codec
 from musiclm.tokenizers.contract import TokenSpec
 from musiclm.tokenizers.kmeans import FeatureReservoir, fit_kmeans
 from musiclm.tokenizers.mulan import fit_codebooks
@@ -175,7 +181,7 @@ def _rows(clip: Clip, name: str) -> np.ndarray:
     return value.reshape(-1, value.shape[-1])
 
 
-def bundle_spec(codec: Any, semantic: Any, mulan: Any) -> TokenSpec:
+def bundle_spec(codec: Codec, semantic: Any, mulan: Any) -> TokenSpec:
     """The bundle's token spec, each field from the component that owns it.
 
     Acoustic fields (hop, levels, codebook size) come from the codec, ``semantic_rate`` and
@@ -221,7 +227,7 @@ def fit_bundle(
     """
     config = config or FitConfig()
     started = time.monotonic()
-    models = {name: load_component(components[name]) for name in COMPONENTS}
+    models = {c: load_component(components[c], base=COMPONENT_BASES.get(c)) for c in COMPONENTS}
     spec = bundle_spec(models["codec"], models["semantic"], models["mulan"])
     records = list(read_sources(dataset, kind=config.source_kind))
     if not records:

@@ -36,6 +36,7 @@ from musiclm.sampling import metrics
 from musiclm.sampling.report import write_report
 from musiclm.tokenizers.audio import AudioError, load_audio
 from musiclm.tokenizers.bundle import BundleError, load_bundle, load_component
+from musiclm.tokenizers.codec import Codec
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif"}
 
@@ -88,7 +89,7 @@ def evaluate(
     reference: list[Path],
     mulan: Any,
     sample_rate: int,
-    codec: Any | None,
+    codec: Codec | None,
     embedder: metrics.AudioEmbedder,
     tags: list[str],
     noise_baseline: bool = False,
@@ -143,7 +144,7 @@ def evaluate(
 
 def reference_cycle(
     mulan: Any,
-    codec: Any | None,
+    codec: Codec | None,
     captions: list[str],
     clips: list[torch.Tensor],
     sample_rate: int,

@@ -144,7 +144,7 @@ def test_wrong_way_arrows_are_recognised(importer, module):
         ("training/stages.py", "musiclm.training.layout"),
         ("sampling/sampler.py", "musiclm.training.stage_model"),
         ("sampling/cli.py", "musiclm.sampling.sampler"),
-        ("tokenizers/codec_cli.py", "musiclm.tokenizers.codec_io"),
+        ("tokenizers/codec_cli.py", "musiclm.tokenizers.codec"),
         ("benchmarks/train.py", "musiclm.training.stages"),
     ],
 )

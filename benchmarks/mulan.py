@@ -30,6 +30,7 @@ from musiclm.tokenizers.contract import TokenSpec
 from musiclm.tokenizers.mulan import MuLanTokenizer, fit_codebooks
 from musiclm.tokenizers.mulan_audio import AudioTower, AudioTowerConfig
 from musiclm.tokenizers.mulan_text import TextTower, TextTowerConfig
+from musiclm.tokenizers.rvq import rvq_decode, rvq_encode
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "tokenizers" / "mulan"
 
@@ -73,15 +74,17 @@ def embedding_throughput(model: MuLanTokenizer, clips: int, repeats: int) -> dic
 
 
 def quantization_error(books: np.ndarray, x: np.ndarray) -> list[float]:
-    """Relative MSE after 1..L levels on ``x`` [N, D]."""
-    model_books = torch.from_numpy(books)
-    energy = float((x**2).sum(1).mean())
-    residual, errors = torch.from_numpy(x).clone(), []
-    for level in range(books.shape[0]):
-        dist = torch.cdist(residual, model_books[level])
-        residual = residual - model_books[level][dist.argmin(1)]
-        errors.append(round(float(residual.pow(2).sum(1).mean()) / energy, 5))
-    return errors
+    """Relative MSE after 1..L levels on ``x`` [N, D] (the tokenizers' RVQ, codebooks [L, K, D])."""
+    codes = rvq_encode(x, books)
+    energy = float(np.square(x, dtype=np.float64).sum())
+    return [
+        round(
+            float(np.square(x - rvq_decode(codes[:, :level], books), dtype=np.float64).sum())
+            / energy,
+            5,
+        )
+        for level in range(1, books.shape[0] + 1)
+    ]
 
 
 def main() -> None:

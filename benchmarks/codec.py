@@ -15,7 +15,7 @@ Prints one JSON object:
 
 Usage: ``python benchmarks/codec.py [--codec runs/tokenizers/soundstream/model] [--heldout data/demo/heldout]
 [--clip-seconds 5] [--clips 12] [--sizes small paper]``. Wall times depend on the load of
-the machine; run it on a quiet one.
+the machine (the JSON records its load average at the start); run it on a quiet one.
 """
 
 from __future__ import annotations
@@ -148,6 +148,7 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],
         },
         "rtf": {},
     }

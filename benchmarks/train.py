@@ -264,7 +264,13 @@ def crop_row(root: str, stage: str, variant: str, threads: int, steps: int, batc
     options, bf16 = VARIANTS[variant]
     model_args = {**config(stage, "paper")["model"], **PEER_WIDTH}
     data = crop_data(root, stage, batch)
-    row = time_training(stage, model_args, data, torch.device("cpu"), steps, batch, bf16, options)
+    cpu = torch.device("cpu")
+    row = time_training(stage, model_args, data, cpu, steps, batch, bf16, options)
+    # the matmul peak of this process right after its steps, in the row's dtype (the load
+    # changes during a run, so a peak measured once at the start can exceed a row's reach)
+    peak = matmul_peak(cpu, torch.bfloat16 if bf16 else torch.float32)
+    row["matmul_peak_tflops"] = round(peak / 1e12, 4)
+    row["mfu_vs_matmul_peak"] = round(row["achieved_tflops"] * 1e12 / peak, 4)
     return {"variant": variant, **row}
 
 
@@ -299,14 +305,12 @@ def numerics_row(root: str, stage: str, threads: int, batch: int) -> dict:
     }
 
 
-def long_crops(root: str, args, peaks: dict[bool, float]) -> dict:
+def long_crops(root: str, args) -> dict:
     """Rows at the paper's crops, back to back: every variant, then the peer (coarse)."""
     rows = {}
     for stage in args.crop_stages:
         for variant in args.variants:
             row = in_fresh_process(crop_row, root, stage, variant, args.threads, args.crop_steps, 2)
-            peak = peaks[VARIANTS[variant][1]]  # the bf16 rows against the bf16 matmul peak
-            row["mfu_vs_matmul_peak"] = round(row["achieved_tflops"] * 1e12 / peak, 4)
             rows[f"{stage}/{variant}"] = row
             print(json.dumps({f"{stage}/{variant}": row}), flush=True, file=sys.stderr)
         if args.peer and stage == "coarse":
@@ -412,10 +416,7 @@ def main() -> None:
         if "stages" in args.suites:
             result.update(stage_rows(root, args, device, peak, spec_peak))
         if "crops" in args.suites:
-            bf16_peak = matmul_peak(device, torch.bfloat16) if device.type == "cpu" else peak
-            result["matmul_peak_bf16_tflops"] = round(bf16_peak / 1e12, 4)
-            peaks = {False: peak, True: bf16_peak}
-            result["paper_crops_at_peer_width"] = long_crops(root, args, peaks)
+            result["paper_crops_at_peer_width"] = long_crops(root, args)
         result["load_1min_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result, indent=2))
 

@@ -53,10 +53,10 @@ import torch
 import yaml
 from musiclm.pipelines.clips import ClipConfig, iter_clips
 from musiclm.pipelines.fit import FitConfig, fit_bundle
-from musiclm.pipelines.sources import read_sources
 from musiclm.pipelines.tokenize import TokenizeConfig, tokenize_dataset
 from musiclm.tokenizers.bundle import load_bundle
 from musiclm.tokenizers.contract import TokenSpec
+from musiclm.tokenizers.dataset_layouts import read_sources
 from musiclm.tokenizers.mulan import TINY_TEXT, MuLanTokenizer
 from musiclm.tokenizers.mulan_audio import AudioTowerConfig
 from musiclm.tokenizers.mulan_text import TextTowerConfig

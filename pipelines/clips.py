@@ -145,7 +145,7 @@ def local_copy(path: str) -> Iterator[str]:
 def iter_clips(
     record: Any, spec: TokenSpec, config: ClipConfig, stats: DecodeStats | None = None
 ) -> Iterator[Clip]:
-    """Decode ``record`` (a :class:`~musiclm.pipelines.sources.SourceRecord`) and yield its clips.
+    """Decode ``record`` (a :class:`~musiclm.tokenizers.source_records.SourceRecord`) and yield its clips.
 
     Equal to cutting ``load_audio(path, spec.sample_rate, start, end)`` by
     :func:`clip_bounds`, but streamed: the file is decoded in blocks of

@@ -1,7 +1,7 @@
 """The decode step that the fit and tokenize pipelines share: sources -> clips, or a failure.
 
 :class:`DecodeClips` decodes, resamples and cuts one
-:class:`~musiclm.pipelines.sources.SourceRecord` (see :mod:`~musiclm.pipelines.clips`);
+:class:`~musiclm.tokenizers.source_records.SourceRecord` (see :mod:`~musiclm.pipelines.clips`);
 applied ``with_exception_handling``, a source that cannot be read becomes a dead letter
 that :func:`decode_failure` turns into one failure row (step ``decode``).
 """
@@ -15,9 +15,9 @@ import apache_beam as beam
 from musiclm.pipelines.clips import ClipConfig, iter_clips
 from musiclm.pipelines.model_handlers import METRICS_NAMESPACE
 from musiclm.pipelines.runner import error_text
-from musiclm.pipelines.sources import SourceRecord
 from musiclm.tokenizers.audio import DecodeStats
 from musiclm.tokenizers.contract import TokenSpec
+from musiclm.tokenizers.source_records import SourceRecord
 
 FRAMES_TAG = "frames"
 

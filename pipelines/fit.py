@@ -38,7 +38,6 @@ from musiclm.pipelines.decode import DecodeClips, decode_failure
 from musiclm.pipelines.model_handlers import EmbeddingHandler, FeaturesHandler
 from musiclm.pipelines.runner import clip_failure, pipeline_options
 from musiclm.pipelines.shards import join, read_bytes, write_bytes
-from musiclm.pipelines.sources import SourceRecord, read_sources
 from musiclm.tokenizers.audio import DEFAULT_MAX_MISSING_SECONDS
 from musiclm.tokenizers.bundle import (
     COMPONENT_BASES,
@@ -48,8 +47,10 @@ from musiclm.tokenizers.bundle import (
 )
 from musiclm.tokenizers.codec import Codec
 from musiclm.tokenizers.contract import TokenSpec
+from musiclm.tokenizers.dataset_layouts import read_sources
 from musiclm.tokenizers.kmeans import FeatureReservoir, fit_kmeans
 from musiclm.tokenizers.mulan import fit_codebooks
+from musiclm.tokenizers.source_records import SourceRecord
 
 log = logging.getLogger(__name__)
 

@@ -67,10 +67,11 @@ from musiclm.pipelines.shards import (
     write_json,
     write_shard,
 )
-from musiclm.pipelines.sources import SourceRecord, read_sources
 from musiclm.tokenizers.audio import DEFAULT_MAX_MISSING_SECONDS
 from musiclm.tokenizers.bundle import read_bundle_manifest
 from musiclm.tokenizers.contract import DATASET_FILE, TokenSpec, fingerprint_files, shard_index
+from musiclm.tokenizers.dataset_layouts import read_sources
+from musiclm.tokenizers.source_records import SourceRecord
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,9 @@ def tokenize_dataset(
 
     records = list(read_sources(dataset, kind=config.source_kind))
     if not records:
-        raise ValueError(f"{dataset} holds no audio sources; see musiclm.pipelines.sources")
+        raise ValueError(
+            f"{dataset} holds no audio sources; see musiclm.tokenizers.dataset_layouts"
+        )
     keys = [r.key for r in records]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{dataset} lists some sources twice (duplicate keys)")

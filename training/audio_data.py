@@ -1,6 +1,6 @@
 """Random audio crops (+ captions) from a dataset root: the data of the three tokenizer trainers.
 
-:class:`AudioCropDataModule` reads any dataset layout of :mod:`musiclm.pipelines.sources`
+:class:`AudioCropDataModule` reads any dataset layout of :mod:`musiclm.tokenizers.dataset_layouts`
 (a folder with sidecars, a JSONL manifest, a MusicCaps CSV, FMA's ``tracks.csv``) and
 serves batches::
 
@@ -24,7 +24,6 @@ chosen by a hash of their keys.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -32,19 +31,14 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from musiclm.pipelines.sources import SourceRecord, read_sources
 from musiclm.tokenizers.audio import AudioError, audio_info, load_audio
 from musiclm.tokenizers.contract import TokenSpec
+from musiclm.tokenizers.dataset_layouts import read_sources
+from musiclm.tokenizers.source_records import SourceRecord, held_out
 from torch.utils.data import DataLoader, Dataset
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 50
-
-
-def held_out(key: str, fraction: float) -> bool:
-    """Whether source ``key`` belongs to the held-out fraction (stable across runs)."""
-    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < fraction
 
 
 def source_seconds(records: list[SourceRecord]) -> np.ndarray:
@@ -256,7 +250,7 @@ class AudioCropDataModule(pl.LightningDataModule):
         if not self.train_records:
             raise ValueError(
                 f"{self.root}: no training audio found (a folder of audio files, a JSONL "
-                "manifest, a MusicCaps CSV or FMA's tracks.csv; see musiclm.pipelines.sources)"
+                "manifest, a MusicCaps CSV or FMA's tracks.csv; see musiclm.tokenizers.dataset_layouts)"
             )
         log.info(
             "%s: %d training and %d held-out sources",

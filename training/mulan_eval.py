@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from musiclm.pipelines.sources import read_folder
 from musiclm.tokenizers.audio import load_audio
+from musiclm.tokenizers.source_records import read_folder
 
 
 def retrieval_recall(

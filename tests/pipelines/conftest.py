@@ -13,8 +13,8 @@ import pytest
 import soundfile as sf
 import torch
 from musiclm.pipelines import fit_cli
-from musiclm.pipelines.sources import read_sources
 from musiclm.tokenizers.contract import TokenSpec
+from musiclm.tokenizers.dataset_layouts import read_sources
 from musiclm.tokenizers.mulan import MuLanTokenizer
 from musiclm.tokenizers.semantic import SemanticTokenizer
 from musiclm.tokenizers.soundstream import SoundStream

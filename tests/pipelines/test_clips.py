@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 from musiclm.pipelines.clips import ClipConfig, clip_bounds, iter_clips
-from musiclm.pipelines.sources import SourceRecord
 from musiclm.tokenizers.audio import AudioError, load_audio
 from musiclm.tokenizers.contract import TokenSpec
+from musiclm.tokenizers.source_records import SourceRecord
 
 SPEC = TokenSpec()
 

@@ -11,9 +11,9 @@ import soundfile as sf
 from musiclm.pipelines import demo_data
 from musiclm.pipelines.demo_data import INSTRUMENTS, STRING_PROGRAMS, Settings, build_demo
 from musiclm.pipelines.midi_render import DRUM_CHANNEL, arrange_midi, midi_programs
-from musiclm.pipelines.sources import read_sources
 from musiclm.tokenizers.audio import load_audio
 from musiclm.tokenizers.contract import TokenSpec
+from musiclm.tokenizers.dataset_layouts import read_sources
 
 
 def _sidecars(root: Path) -> list[tuple[Path, dict]]:

@@ -25,11 +25,11 @@ import webdataset as wds
 from musiclm.pipelines import tokenize_cli
 from musiclm.pipelines.clips import ClipConfig, clip_bounds
 from musiclm.pipelines.shards import PARTS_DIR, part_path
-from musiclm.pipelines.sources import read_sources
 from musiclm.pipelines.tokenize import TokenizeConfig, tokenize_dataset
 from musiclm.tokenizers.audio import load_audio
 from musiclm.tokenizers.bundle import load_bundle
 from musiclm.tokenizers.contract import decode_sample
+from musiclm.tokenizers.dataset_layouts import read_sources
 
 from .conftest import AWKWARD_INPUTS, BAD_INPUTS, FAST_BEAM, THREADS
 

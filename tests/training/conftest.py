@@ -173,7 +173,7 @@ def demo_tokens(tmp_path_factory, demo_music: Path) -> Path:
     with a 2 s hop, train and held-out pieces together (the stage data module holds out
     whole sources itself). Real music, real pipeline, small vocabularies."""
     from musiclm.pipelines import fit_cli, tokenize_cli
-    from musiclm.pipelines.sources import read_sources
+    from musiclm.tokenizers.dataset_layouts import read_sources
     from musiclm.tokenizers.mulan import MuLanTokenizer
     from musiclm.tokenizers.semantic import SemanticTokenizer
     from musiclm.tokenizers.soundstream import SoundStream

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from musiclm.training.audio_data import AudioCropDataModule, held_out
+from musiclm.tokenizers.source_records import held_out
+from musiclm.training.audio_data import AudioCropDataModule
 
 
 def _tone(path: Path, seconds: float, sr: int = 16000, freq: float = 220.0) -> None:

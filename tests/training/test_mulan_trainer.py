@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from musiclm.pipelines.sources import read_folder
 from musiclm.tokenizers.mulan import TINY_AUDIO, TINY_TEXT, MuLanTokenizer
 from musiclm.tokenizers.mulan_audio import AudioTowerConfig
 from musiclm.tokenizers.mulan_text import MINILM, TextTowerConfig
+from musiclm.tokenizers.source_records import read_folder
 from musiclm.training import cli
 from musiclm.training.mulan_eval import (
     chance_recall,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from musiclm.pipelines.sources import read_sources
 from musiclm.tokenizers.audio import load_audio
 from musiclm.tokenizers.contract import TokenSpec
+from musiclm.tokenizers.dataset_layouts import read_sources
 from musiclm.tokenizers.kmeans import fit_kmeans
 from musiclm.tokenizers.semantic import SemanticTokenizer
 from musiclm.tokenizers.semantic_model import SemanticModelConfig

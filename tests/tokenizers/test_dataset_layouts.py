@@ -9,12 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from musiclm.pipelines.sources import (
-    SourceRecord,
-    detect_kind,
-    make_key,
-    read_sources,
-)
+from musiclm.tokenizers.dataset_layouts import detect_kind, read_sources
+from musiclm.tokenizers.source_records import SourceRecord, make_key
 
 
 def _wav(path: Path, seconds: float = 0.5, sr: int = 16000) -> Path:
@@ -191,7 +187,7 @@ def test_fma_tracks_csv(tmp_path: Path) -> None:
 
 
 def test_fma_subset_filter(tmp_path: Path) -> None:
-    from musiclm.pipelines.sources import read_fma
+    from musiclm.tokenizers.dataset_layouts import read_fma
 
     root = _fma(tmp_path)
     ids = [

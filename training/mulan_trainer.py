@@ -126,7 +126,7 @@ class MuLanModule(pl.LightningModule):
         if not captions:
             raise ValueError(
                 "the training set has no captions or tags: MuLan learns from text paired "
-                "with audio; add sidecar captions (see musiclm.pipelines.sources)"
+                "with audio; add sidecar captions (see musiclm.tokenizers.source_records)"
             )
         tower.train_tokenizer(captions)
         if self.trainer.world_size > 1:  # WordPiece training differs between processes

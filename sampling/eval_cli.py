@@ -37,8 +37,7 @@ from musiclm.sampling.report import write_report
 from musiclm.tokenizers.audio import AudioError, load_audio
 from musiclm.tokenizers.bundle import BundleError, load_bundle, load_component
 from musiclm.tokenizers.codec import Codec
-
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif"}
+from musiclm.tokenizers.source_records import AUDIO_EXTENSIONS, is_audio_name
 
 
 class EvalError(ValueError):
@@ -51,13 +50,13 @@ def find_audio(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            found += sorted(p for p in path.rglob("*") if is_audio_name(p.name))
         elif path.is_file():
             found.append(path)
         else:
             raise EvalError(f"{path} does not exist; pass audio files or folders of them")
     if not found:
-        raise EvalError(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in {inputs}")
+        raise EvalError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in {inputs}")
     return found
 
 

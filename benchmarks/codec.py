@@ -40,11 +40,11 @@ from musiclm.tokenizers.audio_metrics import mel_distance, round_trip, si_snr
 from musiclm.tokenizers.bundle import load_codec
 from musiclm.tokenizers.codec import Codec
 from musiclm.tokenizers.soundstream import SoundStream
+from musiclm.tokenizers.source_records import is_audio_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CODEC = ROOT / "runs" / "tokenizers" / "soundstream" / "model"
 CONFIGS = ROOT / "configs" / "tokenizers" / "soundstream"
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus"}
 
 
 def codec_config(size: str) -> dict:
@@ -70,7 +70,7 @@ def real_time_factors(codec: SoundStream, seconds: float) -> dict[str, float]:
 
 def heldout_clips(folder: Path, seconds: float, count: int, sample_rate: int) -> torch.Tensor:
     """Up to ``count`` clips [C, 1, N] from the middle of the audio files under ``folder``."""
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if is_audio_name(p.name))
     if not files:
         raise SystemExit(f"no audio files under {folder}; build the demo with `make demo-data`")
     length = int(seconds * sample_rate)

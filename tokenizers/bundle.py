@@ -134,19 +134,29 @@ def read_bundle_manifest(root: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def verified_manifest(root: str | Path, name: str | None = None) -> dict[str, Any]:
+    """``bundle.json`` of ``root`` after re-hashing its files against its fingerprint.
+
+    ``name`` is how the error names the bundle (e.g. the ``gs://`` path ``root`` was
+    copied from); default ``root``.
+    """
+    manifest = read_bundle_manifest(root)
+    actual = fingerprint_files(
+        root, extra={"spec": manifest["spec"], "configs": manifest["configs"]}
+    )
+    if actual != manifest["fingerprint"]:
+        raise BundleError(
+            f"the files of bundle {name or root} changed since it was written (fingerprint "
+            f"{actual}, bundle.json says {manifest['fingerprint']}); rebuild it with "
+            "`make tokenizers`"
+        )
+    return manifest
+
+
 def load_bundle(root: str | Path, device: str = "cpu", verify: bool = True) -> TokenizerBundle:
     """Load the bundle at ``root``. With ``verify`` the files are re-hashed against bundle.json."""
     root = Path(root)
-    manifest = read_bundle_manifest(root)
-    if verify:
-        actual = fingerprint_files(
-            root, extra={"spec": manifest["spec"], "configs": manifest["configs"]}
-        )
-        if actual != manifest["fingerprint"]:
-            raise BundleError(
-                f"the files of bundle {root} changed since it was written (fingerprint "
-                f"{actual}, bundle.json says {manifest['fingerprint']}); rebuild it"
-            )
+    manifest = verified_manifest(root) if verify else read_bundle_manifest(root)
     parts = {c: load_component(root / c, device, COMPONENT_BASES.get(c)) for c in COMPONENTS}
     return TokenizerBundle(
         root=root,

@@ -27,12 +27,13 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 AUDIO_EXTENSIONS = (
     ".wav",
@@ -258,3 +259,18 @@ def held_out(key: str, fraction: float) -> bool:
     """Whether source ``key`` belongs to the held-out fraction (stable across runs)."""
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 < fraction
+
+
+def held_out_share(items: Sequence[T], fraction: float, rank: Callable[[T], Any]) -> list[T]:
+    """The ``round(fraction x n)`` of the ``n`` items held out: those of lowest ``rank`` (a
+    stable hash), at least 1 and at most ``n - 1`` when ``n >= 2``; none at ``fraction <= 0``
+    or ``n < 2``, all at ``fraction >= 1``. Used where whole units (shards, pieces) are held
+    out, so the share is exact rather than :func:`held_out`'s per-key draw."""
+    if fraction <= 0 or not items:
+        return []
+    if fraction >= 1:
+        return list(items)
+    if len(items) < 2:
+        return []
+    take = min(len(items) - 1, max(1, round(fraction * len(items))))
+    return sorted(items, key=rank)[:take]

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import webdataset as wds
 from musiclm.tokenizers.contract import shard_index
+from musiclm.tokenizers.source_records import held_out_share
 
 HASH_BUCKETS = 1_000_000
 
@@ -40,14 +41,7 @@ def heldout_shards(names: list[str], counts: list[int], fraction: float) -> set[
     non-empty shards (at least 1 and at most ``n - 1`` when ``n >= 2``, all of them at
     ``fraction >= 1``), those of lowest stable hash of their name."""
     nonempty = sorted(name for name, count in zip(names, counts, strict=True) if count > 0)
-    if fraction <= 0 or not nonempty:
-        return set()
-    if fraction >= 1:
-        return set(nonempty)
-    if len(nonempty) < 2:
-        return set()
-    take = min(len(nonempty) - 1, max(1, round(fraction * len(nonempty))))
-    return set(sorted(nonempty, key=lambda n: shard_index(n, HASH_BUCKETS))[:take])
+    return set(held_out_share(nonempty, fraction, lambda n: shard_index(n, HASH_BUCKETS)))
 
 
 def assign_shards(counts: Sequence[int], readers: int) -> list[list[int]]:

@@ -15,6 +15,7 @@ import apache_beam as beam
 from musiclm.pipelines.clips import ClipConfig, iter_clips
 from musiclm.pipelines.model_handlers import METRICS_NAMESPACE
 from musiclm.pipelines.runner import error_text
+from musiclm.pipelines.shards import failure_row
 from musiclm.tokenizers.audio import DecodeStats
 from musiclm.tokenizers.contract import TokenSpec
 from musiclm.tokenizers.source_records import SourceRecord
@@ -44,9 +45,4 @@ class DecodeClips(beam.DoFn):
 def decode_failure(item: tuple[SourceRecord, tuple[Any, str, list[str]]]) -> dict[str, str]:
     """The failure row (source, path, step ``decode``, error) of a source's dead letter."""
     record, dead = item
-    return {
-        "source": record.key,
-        "path": record.path,
-        "step": "decode",
-        "error": error_text(record.path, dead),
-    }
+    return failure_row(record.key, record.path, "decode", error_text(record.path, dead))

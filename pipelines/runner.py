@@ -16,6 +16,7 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from musiclm.pipelines.clips import Clip
+from musiclm.pipelines.shards import failure_row
 
 LOCAL_RUNNERS = {"directrunner", "direct", "prismrunner", "prism", "swappingrunner"}
 
@@ -65,7 +66,7 @@ def _named(path: str, text: str) -> str:
 
 def clip_failure(clip: Clip, step: str) -> dict[str, str]:
     """The failure row of a clip that a model step could not tokenize (``clip.error``)."""
-    return {"source": clip.source, "path": clip.path, "step": step, "error": clip.error}
+    return failure_row(clip.source, clip.path, step, clip.error)
 
 
 def inference_failures(
@@ -74,9 +75,4 @@ def inference_failures(
     """Failure rows (source, path, step, error) for each clip of a batch RunInference dropped."""
     batch, dead = item
     for clip in batch:
-        yield {
-            "source": clip.source,
-            "path": clip.path,
-            "step": step,
-            "error": error_text(clip.path, dead),
-        }
+        yield failure_row(clip.source, clip.path, step, error_text(clip.path, dead))

@@ -107,6 +107,7 @@ def read_table(path: str) -> pa.Table:
 
 
 def failure_row(source: str, path: str, step: str, error: str) -> dict[str, str]:
+    """One row of ``failures.parquet`` (:data:`FAILURES_SCHEMA`), the one place it is built."""
     return {"source": source, "path": path, "step": step, "error": error}
 
 

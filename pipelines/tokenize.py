@@ -68,8 +68,8 @@ from musiclm.pipelines.shards import (
     write_shard,
 )
 from musiclm.tokenizers.audio import DEFAULT_MAX_MISSING_SECONDS
-from musiclm.tokenizers.bundle import read_bundle_manifest
-from musiclm.tokenizers.contract import DATASET_FILE, TokenSpec, fingerprint_files, shard_index
+from musiclm.tokenizers.bundle import verified_manifest
+from musiclm.tokenizers.contract import DATASET_FILE, TokenSpec, shard_index
 from musiclm.tokenizers.dataset_layouts import read_sources
 from musiclm.tokenizers.source_records import SourceRecord
 
@@ -239,15 +239,7 @@ def tokenize_dataset(
     config = config or TokenizeConfig()
     started = time.monotonic()
     local_bundle = local_directory(bundle)  # a gs:// bundle is copied once to verify it
-    manifest = read_bundle_manifest(local_bundle)
-    actual = fingerprint_files(
-        local_bundle, extra={"spec": manifest["spec"], "configs": manifest["configs"]}
-    )
-    if actual != manifest["fingerprint"]:
-        raise ValueError(
-            f"the files of bundle {bundle} changed since it was written; rebuild it "
-            "with `make tokenizers`"
-        )
+    manifest = verified_manifest(local_bundle, name=bundle)
     spec = TokenSpec.from_dict(manifest["spec"])
     fingerprint = manifest["fingerprint"]
     config.clips.samples(spec)  # validate clip settings early

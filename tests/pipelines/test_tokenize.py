@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -27,7 +28,7 @@ from musiclm.pipelines.clips import ClipConfig, clip_bounds
 from musiclm.pipelines.shards import PARTS_DIR, part_path
 from musiclm.pipelines.tokenize import TokenizeConfig, tokenize_dataset
 from musiclm.tokenizers.audio import load_audio
-from musiclm.tokenizers.bundle import load_bundle
+from musiclm.tokenizers.bundle import BundleError, load_bundle
 from musiclm.tokenizers.contract import decode_sample
 from musiclm.tokenizers.dataset_layouts import read_sources
 
@@ -294,6 +295,20 @@ def test_missing_bundle_is_a_plain_error(tmp_path, capsys):
         tokenize_cli.main(
             ["--dataset", str(tmp_path), "--bundle", str(tmp_path), "--out", str(tmp_path / "o")]
         )
+
+
+def test_a_changed_bundle_is_refused_by_the_pipeline_and_the_loader(tmp_path, tiny_bundle):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    config = bundle / "semantic" / "config.json"
+    config.write_text(config.read_text() + "\n")
+    changed = rf"the files of bundle {bundle} changed since it was written .*make tokenizers"
+    with pytest.raises(SystemExit, match=changed):
+        tokenize_cli.main(
+            ["--dataset", str(tmp_path), "--bundle", str(bundle), "--out", str(tmp_path / "o")]
+        )
+    with pytest.raises(BundleError, match=changed):
+        load_bundle(bundle)
 
 
 @pytest.mark.parametrize("size", ["tiny", "small", "paper"])

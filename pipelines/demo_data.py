@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+from musiclm.tokenizers.source_records import held_out_share
 
 log = logging.getLogger(__name__)
 
@@ -612,11 +613,10 @@ def _split_and_place(
     settings: Settings,
 ) -> list[dict[str, Any]]:
     """Assign pieces to train/heldout (seeded, by piece) and move them into place."""
-    ranked = sorted(done, key=lambda item: _hash_order(settings.seed, item[0]))
-    n_held = round(settings.heldout_fraction * len(done))
-    if len(done) >= 2:
-        n_held = min(max(1, n_held), len(done) - 1)
-    held = {piece.piece_id for piece, _ in ranked[:n_held]}
+    held_items = held_out_share(
+        done, settings.heldout_fraction, lambda item: _hash_order(settings.seed, item[0])
+    )
+    held = {piece.piece_id for piece, _ in held_items}
     placed = []
     for piece, info in done:
         split = "heldout" if piece.piece_id in held else "train"

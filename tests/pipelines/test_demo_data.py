@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from musiclm.pipelines import demo_data
-from musiclm.pipelines.demo_data import INSTRUMENTS, STRING_PROGRAMS, Settings, build_demo
+from musiclm.pipelines import demo_data, demo_pieces, demo_sources
+from musiclm.pipelines.demo_data import Settings, build_demo
+from musiclm.pipelines.demo_sources import INSTRUMENTS, STRING_PROGRAMS
 from musiclm.pipelines.midi_render import DRUM_CHANNEL, arrange_midi, midi_programs
 from musiclm.tokenizers.audio import load_audio
 from musiclm.tokenizers.contract import TokenSpec
@@ -23,8 +24,8 @@ def _sidecars(root: Path) -> list[tuple[Path, dict]]:
 def test_every_file_decodes_and_has_a_caption(demo_music: Path) -> None:
     records = list(read_sources(demo_music))
     sources = {json.loads(Path(r.path).with_suffix(".json").read_text())["source"] for r in records}
-    assert sources == set(demo_data.SOURCES)
-    assert len(records) == 3 * len(demo_data.SOURCES)
+    assert sources == set(demo_sources.SOURCES)
+    assert len(records) == 3 * len(demo_sources.SOURCES)
     rate = TokenSpec().sample_rate
     for record in records:
         wav = load_audio(record.path, rate)
@@ -61,21 +62,21 @@ def test_captions_name_what_was_rendered(demo_music: Path) -> None:
         programs = midi_programs(path.with_suffix(".mid"))
         melodic = set().union(*(v for ch, v in programs.items() if ch != DRUM_CHANNEL))
         assert melodic == set(side["gm_programs"]), path
-        if side["instrument"] == demo_data.STRING_QUARTET:
+        if side["instrument"] == demo_sources.STRING_QUARTET:
             assert melodic <= set(STRING_PROGRAMS) and "string quartet (violin" in caption
         else:
             program, phrase = INSTRUMENTS[side["instrument"]]
             assert (melodic == {program} and f"played on {phrase}" in caption) or (
                 f"arranged for {phrase}" in caption
             )
-        assert caption.startswith(f"a {demo_data.tempo_word(side['bpm'])} ")
+        assert caption.startswith(f"a {demo_pieces.tempo_word(side['bpm'])} ")
         if side["key"]:
             assert caption.split(" (")[0].endswith(f" in {side['key']}")
     assert rendered == 12
 
 
 def test_arrange_midi_sets_instrument_tempo_and_length(tmp_path: Path) -> None:
-    source = sorted(demo_data.OPENMSX_DIR.glob("*.mid"))[0]
+    source = sorted(demo_sources.OPENMSX_DIR.glob("*.mid"))[0]
     original = arrange_midi(source, tmp_path / "same.mid")
     facts = arrange_midi(source, tmp_path / "x.mid", [73], tempo_factor=1.5, max_seconds=10)
     assert set(facts.programs.values()) == {73}
@@ -112,7 +113,7 @@ def test_build_is_reproducible_and_reused(tmp_path: Path) -> None:
 
 def test_missing_packages_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(
-        demo_data.REQUIREMENTS, "wesnoth", [("wesnoth-1.16-music", tmp_path / "absent")]
+        demo_sources.REQUIREMENTS, "wesnoth", [("wesnoth-1.16-music", tmp_path / "absent")]
     )
     with pytest.raises(SystemExit, match=r"apt-get install wesnoth-1\.16-music"):
         build_demo(tmp_path / "out", Settings(max_pieces=1, sources=("wesnoth",)))
@@ -127,7 +128,7 @@ def test_key_in_caption_agrees_with_music21_on_the_score(tmp_path: Path) -> None
         score.write("midi", fp=str(tmp_path / "score.mid"))
         facts = arrange_midi(tmp_path / "score.mid", tmp_path / "cut.mid", [0], max_seconds=8)
         expected = score.analyze("key")
-        key, confidence = demo_data.estimate_key(facts.pitch_weights)
+        key, confidence = demo_pieces.estimate_key(facts.pitch_weights)
         assert key.lower() == f"{expected.tonic.name} {expected.mode}".lower(), name
         assert confidence == pytest.approx(expected.correlationCoefficient, abs=0.05)
 
@@ -143,7 +144,9 @@ def test_every_note_ends_so_fluidsynth_finishes(tmp_path: Path) -> None:
     assert _notes_left_on(tmp_path / "raw.mid") > 0
     assert _notes_left_on(tmp_path / "fixed.mid") == 0
     arrange_midi(tmp_path / "raw.mid", tmp_path / "cut.mid", max_seconds=6)
-    render_midi(tmp_path / "cut.mid", tmp_path / "cut.wav", demo_data.SOUNDFONT, 16000, timeout=60)
+    render_midi(
+        tmp_path / "cut.mid", tmp_path / "cut.wav", demo_sources.SOUNDFONT, 16000, timeout=60
+    )
     assert 6 <= sf.info(str(tmp_path / "cut.wav")).duration < 20
 
 

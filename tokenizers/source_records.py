@@ -203,7 +203,6 @@ def source_record(
     info: Mapping[str, Any],
     start: float | None = None,
     end: float | None = None,
-    extra: Mapping[str, Any] | None = None,
 ) -> SourceRecord:
     """The record of audio ``path`` under dataset ``root``, described by ``info`` (sidecar-
     style fields): caption and tags built from them, the rest kept as metadata."""
@@ -213,7 +212,6 @@ def source_record(
     except ValueError:
         relative = path.as_posix()
     metadata = {k: v for k, v in info.items() if k not in CAPTION_FIELDS}
-    metadata.update(extra or {})
     metadata["relative_path"] = relative
     return SourceRecord(
         key=make_key(relative, start, end),

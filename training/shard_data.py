@@ -59,7 +59,7 @@ from musiclm.training.shard_order import (
     batches_read,
     heldout_shards,
 )
-from musiclm.training.stage_registry import STREAMS, get_stage
+from musiclm.training.stage_registry import STREAMS, get_stage, stage_class
 
 FINGERPRINT_KEYS = ("fingerprint", "bundle_fingerprint", "bundle")
 SPEC_KEYS = ("spec", "token_spec")
@@ -399,13 +399,9 @@ class StageData(pl.LightningDataModule):
         return wds.WebLoader(self.val_dataset(), batch_size=None, num_workers=workers)
 
 
-@functools.cache
 def stage_data(stage: str) -> type[StageData]:
     """The data module class of the registry's stage ``stage`` (what its CLI entry trains on)."""
-    declaration = get_stage(stage)
-    name = f"{stage.capitalize()}Data"
-    namespace = {"stage": stage, "__doc__": f"{declaration.description}.", "__module__": __name__}
-    return type(name, (StageData,), namespace | {"__qualname__": name})
+    return stage_class(StageData, stage, "Data")
 
 
 # the paper's stages by name (kept importable; every other stage is reached by stage_data)

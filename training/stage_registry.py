@@ -26,6 +26,7 @@ both and changes nothing else.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -178,6 +179,17 @@ def get_stage(name: str) -> Stage:
     if name not in STAGES:
         raise ValueError(f"stage must be one of {tuple(STAGES)}, got {name!r}")
     return STAGES[name]
+
+
+@functools.cache
+def stage_class(base: type, stage: str, suffix: str) -> type:
+    """A subclass of ``base`` for the registry's stage ``stage``, named ``<Stage><suffix>``
+    (``stage_class(StageModule, "coarse", "Stage")`` is ``CoarseStage``), with ``stage`` set
+    and the stage's description as its docstring; one class per (base, stage)."""
+    declaration = get_stage(stage)
+    name = f"{stage.capitalize()}{suffix}"
+    namespace = {"stage": stage, "__doc__": f"{declaration.description}.", "__qualname__": name}
+    return type(name, (base,), namespace | {"__module__": base.__module__})
 
 
 def crop_seconds(stage: str, config: Mapping[str, Any] | None = None) -> float:

@@ -24,7 +24,6 @@ alone (``weights_only=True``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
@@ -34,7 +33,7 @@ from musiclm.tokenizers.contract import TokenSpec
 from musiclm.training.layout import IGNORE_LEVEL, TokenLayout
 from musiclm.training.schedule import BudgetSchedule
 from musiclm.training.stage_model import StageCheckpointError
-from musiclm.training.stage_registry import get_stage
+from musiclm.training.stage_registry import stage_class
 from musiclm.training.transformer import DecoderTransformer, TransformerConfig
 from torch import nn
 
@@ -277,13 +276,9 @@ class StageModule(pl.LightningModule):
             self._check_data(info["layout"]["spec"], info["bundle_fingerprint"], "the checkpoint")
 
 
-@functools.cache
 def stage_module(stage: str) -> type[StageModule]:
     """The Lightning module class of the registry's stage ``stage`` (its CLI entry)."""
-    declaration = get_stage(stage)
-    name = f"{stage.capitalize()}Stage"
-    namespace = {"stage": stage, "__doc__": f"{declaration.description}.", "__module__": __name__}
-    return type(name, (StageModule,), namespace | {"__qualname__": name})
+    return stage_class(StageModule, stage, "Stage")
 
 
 # the paper's stages by name (kept importable; every other stage is reached by stage_module)

@@ -68,7 +68,8 @@ tokenize: install  ## tokenize DATASET into webdataset shards at OUT with the bu
 	  --config configs/pipelines/tokenize/$(SIZE).yaml $(ARGS)
 
 train-stage: install  ## train one stage on shards: STAGE=semantic|coarse|fine DATA=... SIZE=...
-	$(PY) -m musiclm.training.cli stage-$(STAGE) --config configs/stages/$(STAGE)/$(SIZE).yaml \
+	$(PY) -m musiclm.training.cli stage-$(STAGE) --config configs/stages/$(SIZE).yaml \
+	  --config configs/stages/$(STAGE)/$(SIZE).yaml \
 	  --data.root $(DATA) --trainer.default_root_dir $(RUNS)/$(STAGE) $(ARGS)
 
 sample: install  ## text -> music: PROMPT="..." SECONDS=10

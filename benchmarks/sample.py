@@ -5,11 +5,12 @@
 
 Prints one JSON object:
 
-- ``kv_cache``: generating a 1,500-token sequence (prompt + targets, batch 1) with the
-  stage model of ``configs/stages/coarse/small.yaml``: tokens/s with the cache (a real
-  run of the sampler's :func:`generate`) and without it. Without the cache each step
-  re-runs the transformer over the whole prefix; its cost is measured at evenly spaced
-  prefix lengths and integrated over the 1,500 steps (``--full-no-cache`` runs it whole).
+- ``kv_cache``: generating a 1,500-token sequence (prompt + targets, batch 1) with the stage
+  model of the small coarse config (``configs/stages/small.yaml`` composed with
+  ``configs/stages/coarse/small.yaml``): tokens/s with the cache (a real run of the
+  sampler's :func:`generate`) and without it. Without the cache each step re-runs the
+  transformer over the whole prefix; its cost is measured at evenly spaced prefix lengths
+  and integrated over the 1,500 steps (``--full-no-cache`` runs it whole).
 - ``stages``: per stage and width (``small``/``paper`` configs: sizes and training crops),
   audio seconds generated per wall-second for one window of the stage's training crop,
   batch 1 with the sampler's defaults (paper temperatures, guidance 3 on the MuLan-
@@ -37,10 +38,10 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from musiclm.sampling.generate import PAPER_TEMPERATURES, RowRandom, SamplingSettings, generate
 from musiclm.tokenizers.contract import TokenSpec
 from musiclm.training.layout import TokenLayout
+from musiclm.training.stage_configs import load_stage_config
 from musiclm.training.transformer import DecoderTransformer, TransformerConfig
 from peers import audiolm as peer
 
@@ -49,8 +50,9 @@ MODEL_KEYS = ("dim", "depth", "heads", "ff_dim", "position", "num_buckets", "max
 
 
 def stage_config(stage: str, size: str) -> tuple[dict, float]:
-    """Transformer sizes and training crop seconds from ``configs/stages/<stage>/<size>.yaml``."""
-    config = yaml.safe_load((ROOT / "configs" / "stages" / stage / f"{size}.yaml").read_text())
+    """Transformer sizes and training crop seconds of the composed stage config (size file +
+    ``configs/stages/<stage>/<size>.yaml``)."""
+    config = load_stage_config(stage, size)
     model = {k: config["model"][k] for k in MODEL_KEYS if k in config["model"]}
     return model, float(config["data"]["crop_seconds"])
 
@@ -88,7 +90,7 @@ def kv_cache_benchmark(total: int, points: int, full_no_cache: bool) -> dict:
     generate(model, layout, prompt, n, settings, RowRandom([0]))
     cached = time.perf_counter() - start
     result = {
-        "model": "configs/stages/coarse/small.yaml",
+        "model": "configs/stages/small.yaml + configs/stages/coarse/small.yaml",
         "sequence_tokens": total,
         "generated_tokens": n,
         "with_cache_tokens_per_s": n / cached,

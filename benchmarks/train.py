@@ -2,14 +2,14 @@
 
 Prints one JSON object, from two suites (``--suites stages crops``, both by default):
 
-- ``stages``: for each stage and size (``configs/stages/<stage>/<size>.yaml`` model widths
-  and crops; the paper width at a 1 s crop on CPU) it times a few optimizer steps of the
-  stage module (bf16 autocast on CUDA) and reports training tokens/s, the training FLOPs
-  per token (PaLM's ``6 N + 12 L T d``, see :func:`train_flops_per_token`), the achieved
-  FLOP/s and its ratio to the device's measured dense matmul peak (and to the spec-sheet
-  peak on known GPUs). It also measures the data module alone (samples/s of
-  ``train_dataloader`` with the config's workers) against the samples/s that training
-  consumes (goal: loader >= 20 x training).
+- ``stages``: for each stage and size (model widths and crops of
+  ``configs/stages/<size>.yaml`` composed with ``configs/stages/<stage>/<size>.yaml``; the
+  paper width at a 1 s crop on CPU) it times a few optimizer steps of the stage module (bf16
+  autocast on CUDA) and reports training tokens/s, the training FLOPs per token (PaLM's
+  ``6 N + 12 L T d``, see :func:`train_flops_per_token`), the achieved FLOP/s and its ratio to
+  the device's measured dense matmul peak (and to the spec-sheet peak on known GPUs). It
+  also measures the data module alone (samples/s of ``train_dataloader`` with the config's
+  workers) against the samples/s that training consumes (goal: loader >= 20 x training).
 - ``crops`` (``paper_crops_at_peer_width``): the paper's training crops (10 s coarse, 3 s
   fine, 30 s semantic) at the width of the peer comparison (d=512, 6 layers, 8 heads,
   ff 2048, the paper configs' dropout 0.1 and buckets), batch 2, back to back in one run:
@@ -65,7 +65,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import webdataset as wds
-import yaml
 from musiclm.tokenizers.contract import (
     DATASET_FILE,
     MANIFEST_FILE,
@@ -75,6 +74,7 @@ from musiclm.tokenizers.contract import (
     shard_name,
 )
 from musiclm.training.shard_data import CoarseData, FineData, SemanticData
+from musiclm.training.stage_configs import load_stage_config
 from musiclm.training.stages import CoarseStage, FineStage, SemanticStage, level_losses
 from musiclm.training.transformer import DecoderTransformer
 from peers import audiolm as peer
@@ -116,10 +116,6 @@ def random_dataset(root: Path, spec: TokenSpec, shards: int, clips: int, seconds
     info = {"fingerprint": "benchmark", "spec": spec.to_dict()}
     (root / DATASET_FILE).write_text(json.dumps(info))
     return root
-
-
-def config(stage: str, size: str) -> dict:
-    return yaml.safe_load((REPO / f"configs/stages/{stage}/{size}.yaml").read_text())
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
@@ -262,7 +258,7 @@ def crop_row(root: str, stage: str, variant: str, threads: int, steps: int, batc
     """One training row at the paper's crop for ``stage``, at the peer's width."""
     torch.set_num_threads(threads)
     options, bf16 = VARIANTS[variant]
-    model_args = {**config(stage, "paper")["model"], **PEER_WIDTH}
+    model_args = {**load_stage_config(stage, "paper")["model"], **PEER_WIDTH}
     data = crop_data(root, stage, batch)
     cpu = torch.device("cpu")
     row = time_training(stage, model_args, data, cpu, steps, batch, bf16, options)
@@ -279,7 +275,7 @@ def numerics_row(root: str, stage: str, threads: int, batch: int) -> dict:
     differences of the final hidden states, the loss and every parameter gradient."""
     torch.set_num_threads(threads)
     data = crop_data(root, stage, batch)
-    module = STAGES[stage][0](**{**config(stage, "paper")["model"], **PEER_WIDTH})
+    module = STAGES[stage][0](**{**load_stage_config(stage, "paper")["model"], **PEER_WIDTH})
     module._build(data.spec, data.fingerprint)
     blocked = module.model.eval()
     dense = DecoderTransformer(dataclasses.replace(blocked.config, attention="dense")).eval()
@@ -335,7 +331,7 @@ def stage_rows(root: str, args, device: torch.device, peak: float, spec_peak) ->
     result = {"training": {}, "loader_vs_training": {}}
     for stage in args.stages:
         for size in args.sizes:
-            cfg = config(stage, size)["data"]
+            cfg = load_stage_config(stage, size)["data"]
             crop = cfg["crop_seconds"]
             if size == "paper" and (args.paper_crop_seconds or device.type == "cpu"):
                 crop = args.paper_crop_seconds or 1.0
@@ -343,14 +339,14 @@ def stage_rows(root: str, args, device: torch.device, peak: float, spec_peak) ->
             data = STAGES[stage][1](
                 root, crop_seconds=crop, batch_size=batch, num_workers=0, val_fraction=0
             )
-            model_args = config(stage, size)["model"]
+            model_args = load_stage_config(stage, size)["model"]
             row = time_training(stage, model_args, data, device, args.steps, batch)
             row["mfu_vs_matmul_peak"] = round(row["achieved_tflops"] * 1e12 / peak, 4)
             if spec_peak:
                 row["mfu_vs_spec_peak"] = round(row["achieved_tflops"] * 1e12 / spec_peak, 4)
             result["training"][f"{stage}/{size}"] = row
             print(json.dumps({f"{stage}/{size}": row}), flush=True, file=sys.stderr)
-        cfg = config(stage, "small")["data"]
+        cfg = load_stage_config(stage, "small")["data"]
         data = STAGES[stage][1](
             root,
             crop_seconds=cfg["crop_seconds"],

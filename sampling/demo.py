@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from musiclm.training.stage_configs import stage_config_args
 from musiclm.training.stage_registry import STAGES
 
 TOKENIZERS = ("soundstream", "semantic", "mulan")
@@ -136,7 +137,7 @@ def build_steps(args: argparse.Namespace) -> list[Step]:
     for stage in STAGES:
         command = python(
             "musiclm.training.cli", f"stage-{stage}",
-            "--config", f"configs/stages/{stage}/{size}.yaml",
+            *stage_config_args(stage, size, Path("configs/stages")),
             "--data.root", str(tokens / "train"),
             "--trainer.default_root_dir", str(runs / stage),
             "--trainer.max_time", max_time(budget[f"stage-{stage}"]),

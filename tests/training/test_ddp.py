@@ -19,6 +19,7 @@ import torch
 from musiclm.training.layout import IGNORE_LEVEL
 from musiclm.training.mulan_eval import text_groups
 from musiclm.training.mulan_trainer import MuLanModule, contrastive_loss
+from musiclm.training.stage_configs import stage_config_files
 from musiclm.training.stages import CoarseStage, FineStage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,8 +53,9 @@ class RecordFirstStep(pl.Callback):
 '''
 
 
-def run_ddp(entry: str, config: Path, out: Path, *args: str) -> None:
-    """Run ``entry`` of the training CLI on 2 CPU processes (DDP, gloo) with the recorder."""
+def run_ddp(entry: str, configs: list[Path], out: Path, *args: str) -> None:
+    """Run ``entry`` of the training CLI with ``configs`` (in order) on 2 CPU processes (DDP,
+    gloo) with the recorder."""
     (out / "record_first_step.py").write_text(RECORDER)
     callbacks = out / "callbacks.yaml"
     callbacks.write_text(
@@ -62,7 +64,8 @@ def run_ddp(entry: str, config: Path, out: Path, *args: str) -> None:
     )
     command = [
         sys.executable, "-m", "musiclm.training.cli", entry,
-        "--config", str(config), "--config", str(callbacks),
+        *(arg for config in configs for arg in ("--config", str(config))),
+        "--config", str(callbacks),
         "--trainer.accelerator", "cpu", "--trainer.devices", "2",
         "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_checkpointing", "false", "--trainer.logger", "false",
@@ -90,9 +93,8 @@ def targets(batch: dict) -> int:
 def test_a_stage_under_ddp_reads_disjoint_shards_and_steps_as_one_process(
     stage, token_dataset, tmp_path
 ):
-    config = REPO / f"configs/stages/{stage}/tiny.yaml"
     run_ddp(
-        f"stage-{stage}", config, tmp_path,
+        f"stage-{stage}", stage_config_files(stage, "tiny"), tmp_path,
         "--data.root", str(token_dataset), "--trainer.max_steps", "3",
         "--model.cond_dropout", "0", "--model.dropout", "0", "--data.epoch_samples", "48",
     )  # fmt: skip
@@ -122,7 +124,7 @@ def test_a_stage_under_ddp_reads_disjoint_shards_and_steps_as_one_process(
 def test_mulan_under_ddp_scores_each_rank_against_both_ranks_negatives(demo_music, tmp_path):
     config = REPO / "configs/tokenizers/mulan/tiny.yaml"
     run_ddp(
-        "tokenizer-mulan", config, tmp_path,
+        "tokenizer-mulan", [config], tmp_path,
         "--data.root", str(demo_music / "train"), "--trainer.max_steps", "2",
         "--data.batch_size", "4", "--data.crop_seconds", "2.0", "--model.text.dropout", "0",
         "--trainer.gradient_clip_val", "null",

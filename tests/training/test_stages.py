@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from musiclm.training.schedule import budget_progress, warmup_cosine
 from musiclm.training.shard_data import CoarseData, FineData, SemanticData
+from musiclm.training.stage_configs import stage_config_args
 from musiclm.training.stage_eval import level_counts, unigram_baselines
 from musiclm.training.stage_model import load_stage
 from musiclm.training.stages import CoarseStage, FineStage, SemanticStage, StageCheckpointError
@@ -221,8 +222,7 @@ def cli(*args, root, run_dir, extra_env=None):
         "-m",
         "musiclm.training.cli",
         "stage-semantic",
-        "--config",
-        str(REPO / "configs/stages/semantic/tiny.yaml"),
+        *stage_config_args("semantic", "tiny"),
         "--data.root",
         str(root),
         "--trainer.default_root_dir",

@@ -6,7 +6,8 @@ LightningCLI over a (LightningModule, LightningDataModule) pair, so every option
 module, the data module and the ``Trainer`` can be set in YAML or on the command line::
 
     python -m musiclm.training.cli stage-coarse --config configs/stages/small.yaml \\
-        --config configs/stages/coarse/small.yaml --data.root runs/tokens --trainer.max_steps 2000 --ckpt_path last
+        --config configs/stages/coarse/small.yaml --data.root runs/tokens \\
+        --trainer.max_steps 2000 --ckpt_path last
 
 ``--ckpt_path`` resumes a run (``last`` picks the run directory's newest ``last*.ckpt``,
 else its newest checkpoint; with none it starts afresh). A module that has an

@@ -60,7 +60,14 @@ class BudgetSchedule:
 
     def __init__(self, trainer: pl.Trainer, warmup_steps: int, floor: float) -> None:
         self.trainer = trainer
-        self.max_steps = max(1, int(trainer.estimated_stepping_batches))
+        steps = trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            raise ValueError(
+                "the learning-rate schedule needs a step budget: set --trainer.max_steps "
+                "(with --trainer.max_time as well, the run and its schedule end at whichever "
+                "comes first)"
+            )
+        self.max_steps = max(1, int(steps))
         self.warmup = min(1.0, max(0, warmup_steps) / self.max_steps)
         self.floor = floor
 

@@ -28,11 +28,13 @@ USES = {
     "training": {"training", "tokenizers"},
     "sampling": {"sampling", "tokenizers", "training"},
 }
-# training's inference side: what the sampler may import (torch and tokenizers only)
+# training's Lightning-free side: what sampling may import (torch, yaml and tokenizers only;
+# the rules below keep Lightning and the other training modules out of these)
 MODEL_MODULES = {
     "attention",
     "checkpoints",
     "layout",
+    "stage_configs",
     "stage_model",
     "stage_registry",
     "transformer",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -204,20 +205,22 @@ def demo_tokens(tmp_path_factory, demo_music: Path) -> Path:
     return out
 
 
-def _quiet_trainer(root: Path, steps: int) -> pl.Trainer:
-    """A CPU Trainer for ``steps`` steps with no logger, bars, summary or validation."""
-    return pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=root,
-    )
+def _quiet_trainer(root: Path, steps: int, **options: Any) -> pl.Trainer:
+    """A CPU Trainer for ``steps`` steps with no logger, bars, summary or validation;
+    ``options`` add or override Trainer arguments."""
+    defaults = {
+        "max_steps": steps,
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "limit_val_batches": 0,
+        "default_root_dir": root,
+    }
+    return pl.Trainer(**(defaults | options))
 
 
 @pytest.fixture(scope="session")
 def quiet_trainer():
-    """The Trainer factory :func:`_quiet_trainer` ``(root, steps)``."""
+    """The Trainer factory :func:`_quiet_trainer` ``(root, steps, **options)``."""
     return _quiet_trainer

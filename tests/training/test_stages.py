@@ -152,21 +152,13 @@ class LearningRates(pl.Callback):
         self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
-def test_a_run_without_a_step_budget_is_refused_with_the_fix(token_dataset, tmp_path):
+def test_a_run_without_a_step_budget_is_refused_with_the_fix(
+    token_dataset, quiet_trainer, tmp_path
+):
     """Stage data never ends, so without ``max_steps`` the schedule has no length: a plain
     error naming the flag, not an OverflowError from deep inside Lightning."""
     data = data_for("semantic", token_dataset)
-    trainer = pl.Trainer(
-        max_steps=-1,
-        max_time="00:00:00:04",
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, -1, max_time="00:00:00:04", enable_checkpointing=False)
     with pytest.raises(ValueError, match=r"--trainer\.max_steps"):
         trainer.fit(built("semantic", data), datamodule=data)
 

@@ -59,6 +59,11 @@ BUDGET_MINUTES = {
     "stage-fine": 2.5,
 }
 DONE_MARK = "demo-done"
+# held-out scoring of each trained stage: (module, output file prefix, step name)
+HELDOUT_SCORES = (
+    ("musiclm.training.stage_eval", "stage", "evaluate stage"),
+    ("musiclm.training.stage_curve", "curve", "learning curve"),
+)
 PROMPTS = 6  # held-out captions sampled, one per source where possible
 # fit_cli component flag -> tokenizer trainer whose exported model it takes
 FIT_COMPONENTS = {"codec": "soundstream", "semantic": "semantic", "mulan": "mulan"}
@@ -144,18 +149,13 @@ def build_steps(args: argparse.Namespace) -> list[Step]:
             "--ckpt_path", "last", "--seed_everything", str(args.seed),
         )  # fmt: skip
         steps.append(Step(f"stage {stage}", command, runs / stage / DONE_MARK, mark_done=True))
-        report = runs / "eval" / f"stage-{stage}.json"
-        command = python(
-            "musiclm.training.stage_eval", str(runs / stage), "--heldout", str(tokens / "heldout"),
-            "--train", str(tokens / "train"), "--out", str(report),
-        )  # fmt: skip
-        steps.append(Step(f"evaluate stage {stage}", command, report))
-        curve = runs / "eval" / f"curve-{stage}.json"
-        command = python(
-            "musiclm.training.stage_curve", str(runs / stage), "--heldout", str(tokens / "heldout"),
-            "--train", str(tokens / "train"), "--out", str(curve),
-        )  # fmt: skip
-        steps.append(Step(f"learning curve {stage}", command, curve))
+        for module, prefix, name in HELDOUT_SCORES:
+            out = runs / "eval" / f"{prefix}-{stage}.json"
+            command = python(
+                module, str(runs / stage), "--heldout", str(tokens / "heldout"),
+                "--train", str(tokens / "train"), "--out", str(out),
+            )  # fmt: skip
+            steps.append(Step(f"{name} {stage}", command, out))
     return steps
 
 

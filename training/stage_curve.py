@@ -17,12 +17,11 @@ The report of ``musiclm-eval --curves`` plots it against the unigram baseline.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from musiclm.training.stage_eval import evaluate_stage
+from musiclm.training.stage_eval import emit_json, evaluate_stage
 
 BASELINES = ("train_unigram_cross_entropy", "heldout_unigram_entropy", "uniform")
 
@@ -59,11 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", required=True, help="tokens root the stage trained on")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
-    text = json.dumps(stage_curve(args.run, args.heldout, args.train), indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    emit_json(stage_curve(args.run, args.heldout, args.train), args.out)
 
 
 if __name__ == "__main__":

@@ -142,10 +142,15 @@ def main(argv: list[str] | None = None) -> None:
     report = evaluate_stage(
         args.checkpoint, args.heldout, args.train, args.crop_seconds, args.batch_size
     )
+    emit_json(report, args.out)
+
+
+def emit_json(report: dict, out: Path | None) -> None:
+    """Print ``report`` as indented JSON and, with ``out``, also write it there."""
     text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
     print(text)
 
 

@@ -164,27 +164,15 @@ def test_a_run_without_a_step_budget_is_refused_with_the_fix(
 
 
 @pytest.mark.parametrize("budget", ["steps", "time"])
-def test_a_budgeted_run_finishes_its_schedule(budget, token_dataset, tmp_path):
+def test_a_budgeted_run_finishes_its_schedule(budget, token_dataset, quiet_trainer, tmp_path):
     """The LR warms up to its peak and reaches its floor at the budget's last step, whether
     the run stops at ``max_steps`` or at ``max_time`` long before ``max_steps``."""
     data = data_for("semantic", token_dataset)
     lr, floor = 2e-3, 0.1
     module = built("semantic", data, lr=lr, warmup_steps=40, min_lr_ratio=floor)
     rates = LearningRates()
-    limits = (
-        {"max_steps": 400} if budget == "steps" else {"max_steps": 10**6, "max_time": "00:00:00:04"}
-    )
-    trainer = pl.Trainer(
-        **limits,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[rates],
-        default_root_dir=tmp_path,
-    )
+    limits = {"steps": 400} if budget == "steps" else {"steps": 10**6, "max_time": "00:00:00:04"}
+    trainer = quiet_trainer(tmp_path, **limits, enable_checkpointing=False, callbacks=[rates])
     trainer.fit(module, datamodule=data)
     steps = len(rates.rates)
     assert steps == 400 if budget == "steps" else 10 < steps < 10**6
